@@ -1,0 +1,135 @@
+/// @file inputs.hpp
+/// @brief The paper's input sequences (NOTES Sec. 3): alpha-correlated Gaussian tokens, orthonormal
+/// tokens, and user-supplied token matrices.
+#pragma once
+
+#include <Eigen/Core>
+#include <Eigen/QR>
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+
+#include "detail/errors.hpp"
+#include "random.hpp"
+#include "types.hpp"
+
+namespace maskpos {
+
+/// Where the tokens of each sequence come from.
+enum class InputKind {
+  Gaussian,     ///< x_i = normalize(z_i + lambda c), lambda = sqrt(alpha / (1 - alpha)) (paper Sec. 3)
+  Orthonormal,  ///< S orthonormal tokens in a uniformly random frame (requires d >= S)
+  User          ///< one fixed S x d matrix supplied by the user (every sample is the same)
+};
+
+inline std::string to_string(InputKind kind) {
+  switch (kind) {
+    case InputKind::Gaussian: return "gaussian";
+    case InputKind::Orthonormal: return "orthonormal";
+    case InputKind::User: return "user";
+  }
+  return "?";
+}
+
+/// Describes the input sequences: their length S, width d and distribution.
+struct InputSpec {
+  InputKind kind = InputKind::Gaussian;
+  Index seq_len = 50;  ///< S
+  Index dim = 64;      ///< d
+  double alpha = 0.0;  ///< cosine between distinct Gaussian tokens as d grows; alpha in [0, 1]
+  Matrix<double> tokens;  ///< the S x d tokens for InputKind::User
+
+  static InputSpec gaussian(Index S, Index d, double alpha) { return {InputKind::Gaussian, S, d, alpha, {}}; }
+  static InputSpec orthonormal(Index S, Index d) { return {InputKind::Orthonormal, S, d, 0.0, {}}; }
+  static InputSpec user(Matrix<double> tokens) {
+    const Index S = tokens.rows(), d = tokens.cols();
+    return {InputKind::User, S, d, 0.0, std::move(tokens)};
+  }
+
+  /// Throws std::invalid_argument naming the first parameter out of range.
+  /// \pre S >= 1, d >= 1, 0 <= alpha <= 1; Orthonormal: d >= S; User: finite entries.
+  void validate() const {
+    detail::require(seq_len >= 1, "seq_len S", seq_len, "S >= 1");
+    detail::require(dim >= 1, "dim d", dim, "d >= 1");
+    detail::require(alpha >= 0.0 && alpha <= 1.0, "alpha", alpha, "0 <= alpha <= 1");
+    if (kind == InputKind::Orthonormal)
+      detail::require(dim >= seq_len, "dim d", dim, "d >= S = " + detail::to_text(seq_len) + " for orthonormal inputs");
+    if (kind == InputKind::User) {
+      for (Index i = 0; i < tokens.rows(); ++i)
+        for (Index j = 0; j < tokens.cols(); ++j)
+          if (!std::isfinite(tokens(i, j)))
+            detail::throw_invalid("tokens(" + std::to_string(i) + ", " + std::to_string(j) + ")", tokens(i, j),
+                                  "finite (no NaN or infinity in user-supplied tokens)");
+    }
+  }
+
+  /// Largest token norm the spec can produce (Gaussian and orthonormal tokens have unit norm).
+  double max_token_norm() const {
+    if (kind != InputKind::User || tokens.size() == 0) return 1.0;
+    return tokens.rowwise().norm().maxCoeff();
+  }
+};
+
+/// Draws the tokens of one sequence. Reusable across samples: after the first call no allocation.
+///
+/// Thread safety: one generator per thread.
+class InputGenerator {
+ public:
+  /// \pre spec.validate() passes (checked here).
+  InputGenerator(InputSpec spec, std::uint64_t seed) : spec_(std::move(spec)), stream_(seed) {
+    spec_.validate();
+  }
+
+  const InputSpec& spec() const { return spec_; }
+
+  /// Writes the S x d tokens of sample `sample` into `tokens` (resized if needed).
+  template <class Scalar>
+  void generate(std::uint64_t sample, Matrix<Scalar>& tokens) {
+    const Index S = spec_.seq_len, d = spec_.dim;
+    tokens.resize(S, d);
+    if (spec_.kind == InputKind::User) {
+      tokens = spec_.tokens.cast<Scalar>();
+      return;
+    }
+    stream_.start_sample(sample);
+    if (spec_.kind == InputKind::Gaussian) {
+      // One shared direction c, then S fresh directions z_i, in that order of the stream.
+      normals_.resize((S + 1) * d);
+      stream_.fill_normal(normals_);
+      const Eigen::Map<const Eigen::RowVectorXd> shared(normals_.data(), d);
+      const Eigen::Map<const Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> fresh(
+          normals_.data() + d, S, d);
+      if (spec_.alpha >= 1.0) {
+        tokens = (shared / shared.norm()).replicate(S, 1).template cast<Scalar>();
+        return;
+      }
+      const double lambda = std::sqrt(spec_.alpha / (1.0 - spec_.alpha));
+      for (Index i = 0; i < S; ++i) {
+        row_ = fresh.row(i) + lambda * shared;
+        tokens.row(i) = (row_ / row_.norm()).template cast<Scalar>();
+      }
+      return;
+    }
+    // Orthonormal: the Q factor of a d x S Gaussian matrix, with the signs fixed by R's diagonal,
+    // is Haar-distributed; its columns are the tokens.
+    normals_.resize(d * S);
+    stream_.fill_normal(normals_);
+    frame_ = Eigen::Map<const Matrix<double>>(normals_.data(), d, S);
+    qr_.compute(frame_);
+    basis_ = qr_.householderQ() * Matrix<double>::Identity(d, S);
+    for (Index j = 0; j < S; ++j)
+      if (qr_.matrixQR()(j, j) < 0) basis_.col(j) = -basis_.col(j);
+    tokens = basis_.transpose().template cast<Scalar>();
+  }
+
+ private:
+  InputSpec spec_;
+  SampleStream stream_;
+  Eigen::ArrayXd normals_;
+  Eigen::RowVectorXd row_;
+  Matrix<double> frame_, basis_;
+  Eigen::HouseholderQR<Matrix<double>> qr_;
+};
+
+}  // namespace maskpos

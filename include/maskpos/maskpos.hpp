@@ -1,0 +1,13 @@
+/// @file maskpos.hpp
+/// @brief Everything in one include.
+#pragma once
+
+#include "decoder.hpp"
+#include "inputs.hpp"
+#include "mask.hpp"
+#include "monte_carlo.hpp"
+#include "normalization.hpp"
+#include "random.hpp"
+#include "rope.hpp"
+#include "types.hpp"
+#include "version.hpp"

@@ -1,0 +1,245 @@
+/// @file monte_carlo.hpp
+/// @brief The Monte Carlo driver: mean scores, mean probabilities and standard errors over many
+/// random sequences, streamed (memory independent of the number of samples), multi-threaded, and
+/// bit-identical for any thread count or any split of the sample range.
+#pragma once
+
+#include <Eigen/Core>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <limits>
+#include <mutex>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "decoder.hpp"
+#include "detail/errors.hpp"
+#include "detail/exact_sum.hpp"
+#include "inputs.hpp"
+#include "types.hpp"
+
+namespace maskpos {
+
+/// How many samples to draw, from which seed, on how many threads.
+struct MonteCarloOptions {
+  std::int64_t samples = 100000;   ///< B >= 1
+  std::uint64_t seed = 0;
+  std::uint64_t first_sample = 0;  ///< the run covers samples [first_sample, first_sample + B)
+  int threads = 0;                 ///< 0: all hardware threads; \pre threads >= 0
+  /// Called from the calling thread with (samples done, samples in total); may be empty.
+  std::function<void(std::int64_t, std::int64_t)> progress;
+};
+
+/// Per-layer Monte Carlo means (double, S x S). Masked score entries are NaN, masked probabilities 0.
+struct MonteCarloResult {
+  std::int64_t samples = 0;
+  std::vector<Matrix<double>> mean_scores;    ///< E[S(l)], scaled, pre-softmax
+  std::vector<Matrix<double>> mean_probs;     ///< E[A(l)]
+  std::vector<Matrix<double>> stderr_scores;  ///< standard error of each mean score
+  /// Tier-2 numerical status: values that were NaN, infinite or beyond the a-priori bound and
+  /// were therefore left out of the sums. Zero in every healthy run.
+  std::int64_t out_of_range = 0;
+};
+
+/// Streaming, exactly mergeable sums of scores, squared scores and probabilities per layer.
+///
+/// Two accumulators built for the same decoder and inputs can be merged in any order with
+/// identical results (see detail::ExactSum). Thread safety: one accumulator per thread.
+class MonteCarloAccumulator {
+ public:
+  MonteCarloAccumulator(const DecoderConfig& config, const InputSpec& inputs)
+      : seq_len_(inputs.seq_len), mask_(config.mask) {
+    config.validate(inputs.seq_len, inputs.dim);
+    for (Index j = 0; j < seq_len_; ++j)
+      for (Index i = 0; i < seq_len_; ++i)
+        if (mask_.visible(i, j)) visible_.emplace_back(i, j);
+    const Index n = static_cast<Index>(visible_.size());
+    for (Index l = 0; l < config.layers; ++l) {
+      // A-priori bound on |score| (x2 margin for rounding in the float forward pass).
+      const double bound = 2.0 * score_bound(config, inputs, l);
+      score_sum_.emplace_back(n, bound);
+      score_square_sum_.emplace_back(n, bound * bound);
+      prob_sum_.emplace_back(n, 2.0);
+    }
+    buffer_.resize(static_cast<std::size_t>(n));
+  }
+
+  /// Adds the visible entries of one layer of one sample.
+  template <class Scalar>
+  void add_layer(Index layer, const Matrix<Scalar>& scores, const Matrix<Scalar>& probs) {
+    const std::size_t l = static_cast<std::size_t>(layer);
+    for (std::size_t k = 0; k < visible_.size(); ++k)
+      buffer_[k] = static_cast<double>(scores(visible_[k].first, visible_[k].second));
+    score_sum_[l].add(buffer_.data());
+    for (double& value : buffer_) value *= value;
+    score_square_sum_[l].add(buffer_.data());
+    for (std::size_t k = 0; k < visible_.size(); ++k)
+      buffer_[k] = static_cast<double>(probs(visible_[k].first, visible_[k].second));
+    prob_sum_[l].add(buffer_.data());
+  }
+
+  /// Adds another accumulator of the same decoder and inputs. \pre compatible (else invalid_argument).
+  void merge(const MonteCarloAccumulator& other) {
+    detail::require(other.score_sum_.size() == score_sum_.size() && other.seq_len_ == seq_len_ &&
+                        other.visible_ == visible_ && score_sum_[0].compatible(other.score_sum_[0]),
+                    "merged accumulator", "incompatible", "the same decoder configuration and input shape");
+    for (std::size_t l = 0; l < score_sum_.size(); ++l) {
+      score_sum_[l].merge(other.score_sum_[l]);
+      score_square_sum_[l].merge(other.score_square_sum_[l]);
+      prob_sum_[l].merge(other.prob_sum_[l]);
+    }
+  }
+
+  /// Samples added so far.
+  std::int64_t samples() const { return score_sum_.empty() ? 0 : score_sum_[0].count(); }
+
+  /// Means and standard errors. The variance is E[s^2] - E[s]^2 from the exact sums, evaluated in
+  /// long double; with B samples the standard error is sqrt(var B / (B - 1) / B).
+  MonteCarloResult result() const {
+    MonteCarloResult out;
+    out.samples = samples();
+    const long double B = static_cast<long double>(out.samples);
+    for (std::size_t l = 0; l < score_sum_.size(); ++l) {
+      Matrix<double> mean = Matrix<double>::Constant(seq_len_, seq_len_, std::numeric_limits<double>::quiet_NaN());
+      Matrix<double> error = mean;
+      Matrix<double> probs = Matrix<double>::Zero(seq_len_, seq_len_);
+      for (std::size_t k = 0; k < visible_.size(); ++k) {
+        const auto [i, j] = visible_[k];
+        const Index index = static_cast<Index>(k);
+        const long double m = score_sum_[l].total(index) / B;
+        const long double second = score_square_sum_[l].total(index) / B;
+        const long double var = std::max<long double>(second - m * m, 0.0L);
+        mean(i, j) = static_cast<double>(m);
+        error(i, j) = out.samples > 1 ? static_cast<double>(std::sqrt(var / (B - 1))) : std::numeric_limits<double>::quiet_NaN();
+        probs(i, j) = static_cast<double>(prob_sum_[l].total(index) / B);
+      }
+      out.mean_scores.push_back(std::move(mean));
+      out.stderr_scores.push_back(std::move(error));
+      out.mean_probs.push_back(std::move(probs));
+      out.out_of_range += score_sum_[l].out_of_range() + score_square_sum_[l].out_of_range() + prob_sum_[l].out_of_range();
+    }
+    return out;
+  }
+
+  /// A-priori bound on |score| at layer `layer` (0-based): unit rows under L2, ||y||^2 <= d under
+  /// LayerNorm/RMSNorm, and without a norm ||x(l)|| <= 2^l max ||x(0)|| (the residual at most doubles
+  /// the largest row norm, since A is row-stochastic).
+  static double score_bound(const DecoderConfig& config, const InputSpec& inputs, Index layer) {
+    const double c = config.scale.factor(inputs.dim);
+    double rope_gain = 1.0;
+    if (config.rope) {
+      const double factor = rope_frequencies(*config.rope, inputs.dim, inputs.seq_len).attention_factor;
+      rope_gain = std::max(1.0, factor * factor);
+    }
+    double norm_squared = 1.0;
+    switch (config.norm) {
+      case Norm::L2: norm_squared = 1.0; break;
+      case Norm::LayerNorm:
+      case Norm::RMSNorm: norm_squared = static_cast<double>(inputs.dim); break;
+      case Norm::None: {
+        const double growth = config.residual ? std::ldexp(1.0, static_cast<int>(layer)) : 1.0;
+        const double norm = growth * inputs.max_token_norm();
+        norm_squared = norm * norm;
+        break;
+      }
+    }
+    return c * rope_gain * norm_squared;
+  }
+
+ private:
+  Index seq_len_;
+  Mask mask_;
+  std::vector<std::pair<Index, Index>> visible_;  ///< (query, key), column-major order
+  std::vector<detail::ExactSum> score_sum_, score_square_sum_, prob_sum_;
+  std::vector<double> buffer_;
+};
+
+/// Runs samples [first_sample, first_sample + B) and returns their (mergeable) sums.
+///
+/// \pre options.samples >= 1, options.threads >= 0, config and inputs valid (std::invalid_argument otherwise)
+template <class Scalar>
+MonteCarloAccumulator monte_carlo_accumulate(const DecoderConfig& config, const InputSpec& inputs,
+                                             const MonteCarloOptions& options) {
+  detail::check_scalar<Scalar>();
+  inputs.validate();
+  config.validate(inputs.seq_len, inputs.dim);
+  detail::require(options.samples >= 1, "samples B", options.samples, "B >= 1");
+  detail::require(options.threads >= 0, "threads", options.threads, "threads >= 0 (0 = all cores)");
+  const int hardware = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int threads = static_cast<int>(std::min<std::int64_t>(options.threads == 0 ? hardware : options.threads,
+                                                              options.samples));
+  constexpr std::int64_t kChunk = 32;
+  const std::int64_t total = options.samples;
+  std::atomic<std::int64_t> next{0}, done{0};
+  std::vector<MonteCarloAccumulator> partial(static_cast<std::size_t>(threads), MonteCarloAccumulator(config, inputs));
+  std::vector<std::exception_ptr> errors(static_cast<std::size_t>(threads));
+
+  auto work = [&](int worker) {
+    try {
+      InputGenerator generator(inputs, options.seed);
+      detail::DecoderKernel<Scalar> kernel(config, inputs.seq_len, inputs.dim);
+      Matrix<Scalar> state;
+      MonteCarloAccumulator& sums = partial[static_cast<std::size_t>(worker)];
+      for (;;) {
+        const std::int64_t begin = next.fetch_add(kChunk);
+        if (begin >= total) break;
+        const std::int64_t end = std::min(begin + kChunk, total);
+        for (std::int64_t b = begin; b < end; ++b) {
+          generator.generate(options.first_sample + static_cast<std::uint64_t>(b), state);
+          for (Index l = 0; l < config.layers; ++l) {
+            kernel.layer(state);
+            sums.add_layer(l, kernel.scores(), kernel.probs());
+          }
+        }
+        const std::int64_t finished = done.fetch_add(end - begin) + (end - begin);
+        if (worker == 0 && options.progress) options.progress(finished, total);
+      }
+    } catch (...) {
+      errors[static_cast<std::size_t>(worker)] = std::current_exception();
+      next.store(total);  // stop the other workers early
+    }
+  };
+
+  std::vector<std::thread> pool;
+  for (int w = 1; w < threads; ++w) pool.emplace_back(work, w);
+  work(0);
+  for (auto& thread : pool) thread.join();
+  for (const auto& error : errors)
+    if (error) std::rethrow_exception(error);
+  for (int w = 1; w < threads; ++w) partial[0].merge(partial[static_cast<std::size_t>(w)]);
+  if (options.progress) options.progress(total, total);
+  return std::move(partial[0]);
+}
+
+/// Monte Carlo means and standard errors of the decoder's scores and probabilities.
+///
+/// \param config   the decoder (paper Sec. 2)
+/// \param inputs   the input distribution (paper Sec. 3)
+/// \param options  samples, seed, first sample, threads, progress callback
+/// \return per-layer means (double); identical bits for any thread count
+///
+/// Example (paper Sec. 4.1, L2, alpha = 0.2):
+/// \code
+/// #include <maskpos/monte_carlo.hpp>
+/// #include <iostream>
+/// int main() {
+///   maskpos::DecoderConfig config;                      // 4 layers, L2, causal, residual
+///   auto inputs = maskpos::InputSpec::gaussian(50, 64, 0.2);
+///   maskpos::MonteCarloOptions options;
+///   options.samples = 10000;
+///   auto result = maskpos::monte_carlo<float>(config, inputs, options);
+///   std::cout << result.mean_scores[3](49, 0) << " +- " << result.stderr_scores[3](49, 0) << "\n";
+/// }
+/// \endcode
+template <class Scalar>
+MonteCarloResult monte_carlo(const DecoderConfig& config, const InputSpec& inputs, const MonteCarloOptions& options) {
+  return monte_carlo_accumulate<Scalar>(config, inputs, options).result();
+}
+
+}  // namespace maskpos

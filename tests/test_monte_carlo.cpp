@@ -1,0 +1,166 @@
+#include <maskpos/monte_carlo.hpp>
+
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "reference.hpp"
+
+using maskpos::DecoderConfig;
+using maskpos::InputSpec;
+using maskpos::MonteCarloOptions;
+
+namespace {
+
+bool same_bits(const maskpos::MonteCarloResult& a, const maskpos::MonteCarloResult& b) {
+  auto equal = [](const Eigen::MatrixXd& x, const Eigen::MatrixXd& y) {
+    // NaN marks masked entries: compare those by position, the rest by value.
+    return x.rows() == y.rows() && ((x.array() == y.array()) || (x.array().isNaN() && y.array().isNaN())).all();
+  };
+  if (a.samples != b.samples) return false;
+  for (std::size_t l = 0; l < a.mean_scores.size(); ++l)
+    if (!equal(a.mean_scores[l], b.mean_scores[l]) || !equal(a.mean_probs[l], b.mean_probs[l]) ||
+        !equal(a.stderr_scores[l], b.stderr_scores[l]))
+      return false;
+  return true;
+}
+
+MonteCarloOptions options_with(std::int64_t samples, int threads, std::uint64_t first = 0) {
+  MonteCarloOptions options;
+  options.samples = samples;
+  options.threads = threads;
+  options.seed = 42;
+  options.first_sample = first;
+  return options;
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("same seed, same bits for 1, 2 and 4 threads and on a repeated run", "", float, double) {
+  DecoderConfig config;
+  config.layers = 3;
+  const auto inputs = InputSpec::gaussian(12, 16, 0.3);
+  const auto one = maskpos::monte_carlo<TestType>(config, inputs, options_with(300, 1));
+  CHECK(same_bits(one, maskpos::monte_carlo<TestType>(config, inputs, options_with(300, 2))));
+  CHECK(same_bits(one, maskpos::monte_carlo<TestType>(config, inputs, options_with(300, 4))));
+  CHECK(same_bits(one, maskpos::monte_carlo<TestType>(config, inputs, options_with(300, 1))));
+  CHECK(one.out_of_range == 0);
+}
+
+TEST_CASE("merged half-runs equal one full run, bit for bit, for any split") {
+  DecoderConfig config;
+  config.layers = 2;
+  config.norm = maskpos::Norm::LayerNorm;
+  config.scale = maskpos::ScoreScale::inv_dim();
+  const auto inputs = InputSpec::gaussian(10, 12, 0.2);
+  const auto full = maskpos::monte_carlo<float>(config, inputs, options_with(500, 2));
+  for (std::int64_t split : {250, 137, 1}) {
+    auto first = maskpos::monte_carlo_accumulate<float>(config, inputs, options_with(split, 1));
+    const auto second = maskpos::monte_carlo_accumulate<float>(config, inputs, options_with(500 - split, 2, split));
+    first.merge(second);
+    CHECK(same_bits(full, first.result()));
+  }
+}
+
+TEST_CASE("the Monte Carlo mean is the mean of the independent reference over the same inputs") {
+  DecoderConfig config;
+  config.layers = 3;
+  config.mask = maskpos::Mask::sliding_window(4);
+  const auto inputs = InputSpec::gaussian(7, 5, 0.4);
+  const int B = 64;
+  const auto result = maskpos::monte_carlo<double>(config, inputs, options_with(B, 2));
+  maskpos::InputGenerator generator(inputs, 42);
+  std::vector<Eigen::MatrixXd> sum(3, Eigen::MatrixXd::Zero(7, 7));
+  for (int b = 0; b < B; ++b) {
+    Eigen::MatrixXd tokens;
+    generator.generate(static_cast<std::uint64_t>(b), tokens);
+    reference::Rows rows(7, std::vector<double>(5));
+    for (int i = 0; i < 7; ++i)
+      for (int k = 0; k < 5; ++k) rows[i][k] = tokens(i, k);
+    const auto layers = reference::decoder(rows, 3, "l2", 1.0, true, [](int i, int j) { return j <= i && j > i - 4; });
+    for (int l = 0; l < 3; ++l)
+      for (int i = 0; i < 7; ++i)
+        for (int j = 0; j < 7; ++j) sum[l](i, j) += layers[l].scores[i][j];
+  }
+  for (int l = 0; l < 3; ++l)
+    for (int i = 0; i < 7; ++i)
+      for (int j = 0; j < 7; ++j) {
+        const double want = sum[l](i, j) / B;
+        if (std::isnan(want)) {
+          CHECK(std::isnan(result.mean_scores[l](i, j)));
+        } else {
+          // double forward pass (~1e3 eps) plus the accumulator's grid 2^-40 per value.
+          CHECK(result.mean_scores[l](i, j) == Approx(want).margin(1e-11));
+        }
+      }
+}
+
+TEST_CASE("the standard error shrinks like 1/sqrt(B)") {
+  DecoderConfig config;
+  config.layers = 2;
+  const auto inputs = InputSpec::gaussian(8, 16, 0.2);
+  const auto small = maskpos::monte_carlo<float>(config, inputs, options_with(1000, 2));
+  const auto large = maskpos::monte_carlo<float>(config, inputs, options_with(4000, 2));
+  // Expected ratio sqrt(4000/1000) = 2. The sample standard deviation of B Gaussian-ish values has a
+  // relative error of about 1/sqrt(2B) (2.2% at B = 1000), and the tails of scores are lighter than
+  // Gaussian; the median over the 28 off-diagonal entries of layer 2 is within 10% with a wide margin.
+  std::vector<double> ratios;
+  for (int i = 0; i < 8; ++i)
+    for (int j = 0; j < i; ++j) ratios.push_back(small.stderr_scores[1](i, j) / large.stderr_scores[1](i, j));
+  std::nth_element(ratios.begin(), ratios.begin() + static_cast<long>(ratios.size() / 2), ratios.end());
+  CHECK(ratios[ratios.size() / 2] == Approx(2.0).margin(0.2));
+}
+
+TEST_CASE("causal mask: positional information appears from layer 2 on, not in layer 1") {
+  DecoderConfig config;
+  config.layers = 3;
+  const int S = 12;
+  const auto inputs = InputSpec::gaussian(S, 32, 0.2);
+  const auto result = maskpos::monte_carlo<float>(config, inputs, options_with(20000, 2));
+  // Reversing the order maps the pair (i, j) to (S-1-j, S-1-i), at the same distance. The tokens are
+  // exchangeable, so a position-free layer gives equal means for both (layer 1 scores are plain
+  // cosines of the inputs). Under the null the difference of two estimates is within 5 combined
+  // standard errors (the max over 66 pairs of |N(0,1)| exceeds 5 with probability < 4e-5).
+  auto largest_z = [&](int layer) {
+    double z = 0;
+    for (int i = 0; i < S; ++i)
+      for (int j = 0; j < i; ++j) {
+        const int ri = S - 1 - j, rj = S - 1 - i;
+        const double diff = result.mean_scores[layer](i, j) - result.mean_scores[layer](ri, rj);
+        const double se = std::hypot(result.stderr_scores[layer](i, j), result.stderr_scores[layer](ri, rj));
+        z = std::max(z, std::fabs(diff) / se);
+      }
+    return z;
+  };
+  CHECK(largest_z(0) < 5.0);
+  CHECK(largest_z(1) > 20.0);
+  CHECK(largest_z(2) > 20.0);
+}
+
+TEST_CASE("bad Monte Carlo input raises std::invalid_argument naming the parameter") {
+  DecoderConfig config;
+  auto fails_with = [&](const DecoderConfig& c, const InputSpec& in, const MonteCarloOptions& o, const std::string& needle) {
+    try {
+      maskpos::monte_carlo<float>(c, in, o);
+      FAIL("no exception for " << needle);
+    } catch (const std::invalid_argument& error) {
+      CHECK_THAT(error.what(), Catch::Contains(needle));
+    }
+  };
+  const auto ok = options_with(10, 1);
+  fails_with(config, InputSpec::gaussian(0, 8, 0.0), ok, "seq_len S");
+  fails_with(config, InputSpec::gaussian(8, 0, 0.0), ok, "dim d");
+  fails_with(config, InputSpec::gaussian(8, 8, 1.5), ok, "alpha");
+  fails_with(config, InputSpec::gaussian(8, 8, -0.1), ok, "alpha");
+  fails_with(config, InputSpec::orthonormal(8, 4), ok, "dim d");
+  DecoderConfig window = config;
+  window.mask = maskpos::Mask::sliding_window(0);
+  fails_with(window, InputSpec::gaussian(8, 8, 0.0), ok, "mask window w");
+  DecoderConfig prefix = config;
+  prefix.mask = maskpos::Mask::prefix_lm(9);
+  fails_with(prefix, InputSpec::gaussian(8, 8, 0.0), ok, "mask prefix P");
+  fails_with(config, InputSpec::gaussian(8, 8, 0.0), options_with(10, -1), "threads");
+  fails_with(config, InputSpec::gaussian(8, 8, 0.0), options_with(0, 1), "samples B");
+}
