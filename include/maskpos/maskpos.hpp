@@ -2,6 +2,7 @@
 /// @brief Everything in one include.
 #pragma once
 
+#include "analysis.hpp"
 #include "decoder.hpp"
 #include "inputs.hpp"
 #include "mask.hpp"
