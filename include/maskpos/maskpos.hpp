@@ -7,6 +7,7 @@
 #include "inputs.hpp"
 #include "mask.hpp"
 #include "monte_carlo.hpp"
+#include "names.hpp"
 #include "normalization.hpp"
 #include "random.hpp"
 #include "rope.hpp"
