@@ -3,12 +3,15 @@
 #pragma once
 
 #include "analysis.hpp"
+#include "csv.hpp"
 #include "decoder.hpp"
 #include "inputs.hpp"
 #include "mask.hpp"
 #include "monte_carlo.hpp"
 #include "normalization.hpp"
+#include "npy.hpp"
 #include "random.hpp"
+#include "rollout.hpp"
 #include "rope.hpp"
 #include "types.hpp"
 #include "version.hpp"
