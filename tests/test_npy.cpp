@@ -308,6 +308,7 @@ TEST_CASE("npy: read_npy names the path; every prefix and random corruption of a
   const fs::path dir = scratch_dir("corrupt");
   const std::string missing = (dir / "missing.npy").string();
   CHECK_THROWS_WITH(maskpos::read_npy(missing), Catch::Contains(missing) && Catch::Contains("cannot open"));
+  CHECK_THROWS_WITH(maskpos::read_npy(dir.string()), Catch::Contains(dir.string()) && Catch::Contains("is a directory"));
 
   const auto bytes = file_bytes(fixture("stack_f4_fortran.npy"));
   REQUIRE(bytes.size() > 128);

@@ -122,21 +122,25 @@ void write_file_atomically(const std::string& path, const Bytes& bytes) {
   write_file_atomically(path, bytes.data(), bytes.size() * sizeof(bytes[0]));
 }
 
-/// Reads the whole of `path`. Throws std::runtime_error naming the file when it cannot be opened or
-/// read, or when it is larger than `max_bytes` (a guard against reading a device or a huge file by
-/// mistake).
+/// Reads the whole of `path` (in chunks until end of file, so pipes and /proc files work too).
+/// Throws std::runtime_error naming the file when it is a directory, cannot be opened or read, or is
+/// larger than `max_bytes` (a guard against reading a device or a huge file by mistake).
 inline std::vector<std::uint8_t> read_file(const std::string& path, std::uint64_t max_bytes = (1ull << 34)) {
+  std::error_code error;
+  if (std::filesystem::is_directory(path, error)) throw_file_error("read", path, "is a directory");
   std::ifstream in(path, std::ios::binary);
   if (!in) throw_file_error("read", path, "cannot open the file");
-  in.seekg(0, std::ios::end);
-  const std::streamoff end = in.tellg();
-  if (end < 0) throw_file_error("read", path, "cannot determine the file size");
-  if (static_cast<std::uint64_t>(end) > max_bytes)
-    throw_file_error("read", path, "file too large (" + std::to_string(end) + " bytes)");
-  in.seekg(0, std::ios::beg);
-  std::vector<std::uint8_t> bytes(static_cast<std::size_t>(end));
-  if (!bytes.empty()) in.read(reinterpret_cast<char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-  if (!in || in.gcount() != static_cast<std::streamsize>(bytes.size())) throw_file_error("read", path, "read failed");
+  std::vector<std::uint8_t> bytes;
+  constexpr std::size_t chunk = 1 << 16;
+  while (in) {
+    const std::size_t old_size = bytes.size();
+    if (old_size > max_bytes) throw_file_error("read", path, "file too large (more than " + std::to_string(max_bytes) + " bytes)");
+    bytes.resize(old_size + chunk);
+    in.read(reinterpret_cast<char*>(bytes.data() + old_size), static_cast<std::streamsize>(chunk));
+    bytes.resize(old_size + static_cast<std::size_t>(in.gcount()));
+  }
+  if (in.bad() || !in.eof()) throw_file_error("read", path, "read failed");
+  if (bytes.size() > max_bytes) throw_file_error("read", path, "file too large (more than " + std::to_string(max_bytes) + " bytes)");
   return bytes;
 }
 
