@@ -3,13 +3,16 @@
 #pragma once
 
 #include "analysis.hpp"
+#include "csv.hpp"
 #include "decoder.hpp"
 #include "inputs.hpp"
 #include "mask.hpp"
 #include "monte_carlo.hpp"
 #include "names.hpp"
 #include "normalization.hpp"
+#include "npy.hpp"
 #include "random.hpp"
+#include "rollout.hpp"
 #include "rope.hpp"
 #include "types.hpp"
 #include "version.hpp"
