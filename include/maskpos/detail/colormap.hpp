@@ -2,10 +2,11 @@
 /// @brief Private colour tables and colour-limit helpers for maskpos/figure.hpp (no cairo needed).
 ///
 /// The sequential maps are sampled from published lookup tables of 256 sRGB entries each: every 8th
-/// entry (0, 8, ..., 248) plus the last one (255), 33 anchors, interpolated linearly in between.
-/// Linear interpolation over a spacing of h = 8 entries is off by at most h^2/8 * max|f''|; for these
-/// smooth maps that is below 0.003 (under one 8-bit unit), checked against intermediate table entries
-/// in tests/test_figure.cpp.
+/// entry (0, 8, ..., 248), the last one (255) and entry 4, 34 anchors, interpolated linearly in
+/// between. Linear interpolation over a spacing of h entries misses a skipped entry by about
+/// h^2/8 * |f''|; the curvature is largest at the dark end, hence the extra anchor at entry 4 (without
+/// it magma's blue channel misses entry 4 by 1.05 8-bit units). tests/test_figure.cpp checks entries
+/// between anchors across the range to within one 8-bit unit (the largest miss there is 0.66 units).
 /// - rocket: seaborn's `_rocket_lut` (seaborn/cm.py, BSD-3-Clause, Michael Waskom), the colormap of
 ///   every heatmap in the paper.
 /// - magma: matplotlib's `_magma_data` (matplotlib/_cm_listed.py; the viridis-family maps by
@@ -33,8 +34,9 @@ struct ColourAnchor {
 };
 
 // clang-format off
-inline constexpr std::array<ColourAnchor, 33> rocket_anchors{{
-  {  0, 0.01060815, 0.01808215, 0.10018654}, {  8, 0.05032105, 0.03936808, 0.13020508},
+inline constexpr std::array<ColourAnchor, 34> rocket_anchors{{
+  {  0, 0.01060815, 0.01808215, 0.10018654}, {  4, 0.02759119, 0.02818316, 0.11483751},
+  {  8, 0.05032105, 0.03936808, 0.13020508},
   { 16, 0.09572396, 0.06050127, 0.16200507}, { 24, 0.14066867, 0.07782240, 0.19452676},
   { 32, 0.18643324, 0.09165431, 0.22699705}, { 40, 0.23334047, 0.10263737, 0.25697736},
   { 48, 0.28144375, 0.11104133, 0.28354890}, { 56, 0.33067031, 0.11701189, 0.30632563},
@@ -53,8 +55,9 @@ inline constexpr std::array<ColourAnchor, 33> rocket_anchors{{
   {255, 0.98137749, 0.92061729, 0.86536915},
 }};
 
-inline constexpr std::array<ColourAnchor, 33> magma_anchors{{
-  {  0, 0.001462, 0.000466, 0.013866}, {  8, 0.013708, 0.011771, 0.068667},
+inline constexpr std::array<ColourAnchor, 34> magma_anchors{{
+  {  0, 0.001462, 0.000466, 0.013866}, {  4, 0.005950, 0.004843, 0.037130},
+  {  8, 0.013708, 0.011771, 0.068667},
   { 16, 0.039608, 0.031090, 0.133515}, { 24, 0.074257, 0.052017, 0.202660},
   { 32, 0.113094, 0.065492, 0.276784}, { 40, 0.159018, 0.068354, 0.352688},
   { 48, 0.211718, 0.061992, 0.418647}, { 56, 0.265447, 0.060237, 0.461840},
