@@ -245,9 +245,10 @@ TEST_CASE("panel_limits: given, min/max, percentile, constant panels and invalid
 
 TEST_CASE("ticks: the paper's position ticks and matplotlib-like colour-bar labels") {
   using maskpos::detail::nice_ticks;
-  // Axes of the paper's figures: 50 positions -> 0..40 by 10; 1024 positions -> 0..1000 by 250.
+  // Axes of the paper's figures: 50 positions -> 0..40 by 10 (l2norm.png); 1024 positions -> 0..1000
+  // by 200 (the query axis of all_rope.png).
   CHECK(maskpos::detail::position_ticks(50) == std::vector<double>{0, 10, 20, 30, 40});
-  CHECK(maskpos::detail::position_ticks(1024) == std::vector<double>{0, 250, 500, 750, 1000});
+  CHECK(maskpos::detail::position_ticks(1024) == std::vector<double>{0, 200, 400, 600, 800, 1000});
   // The raw colour bar on [0, 1]: 0.0, 0.2, ..., 1.0 as in l2norm.png.
   const auto [unit_ticks, unit_step] = nice_ticks(0.0, 1.0, maskpos::detail::colorbar_max_ticks);
   CHECK(unit_step == Approx(0.2));

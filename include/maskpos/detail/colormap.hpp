@@ -117,23 +117,32 @@ inline double percentile(std::vector<double> values, double q) {
   return values[lower] + fraction * (values[upper] - values[lower]);
 }
 
-/// Tick positions for the range [low, high]: multiples of a "nice" step (1, 2, 2.5 or 5 times a power
-/// of ten) chosen so that at most `max_ticks` fall inside, like matplotlib's MaxNLocator.
+/// Tick positions for the range [low, high]: multiples of the smallest "nice" step (1, 2, 2.5 or 5
+/// times a power of ten) that puts at most `max_ticks` ticks inside the range, like matplotlib's
+/// MaxNLocator.
 /// \pre low < high, both finite; max_ticks >= 2.
 /// \return the ticks inside [low, high] (a tolerance of 1e-9 step admits ends hit up to rounding),
 ///         and the step.
 inline std::pair<std::vector<double>, double> nice_ticks(double low, double high, int max_ticks) {
   const double span = high - low;
-  const double raw_step = span / static_cast<double>(std::max(max_ticks - 1, 1));
-  const double magnitude = std::pow(10.0, std::floor(std::log10(raw_step)));
+  // The answer lies between span / max_ticks and span (two ticks at most one span apart); search the
+  // nice steps of the decade below span / max_ticks upwards.
+  const double magnitude = std::pow(10.0, std::floor(std::log10(span / static_cast<double>(max_ticks))));
   double step = 10.0 * magnitude;
-  for (const double mantissa : {1.0, 2.0, 2.5, 5.0, 10.0}) {
-    const double candidate = mantissa * magnitude;
-    const double count = std::floor(high / candidate + 1e-9) - std::ceil(low / candidate - 1e-9) + 1.0;
-    if (candidate >= raw_step * (1.0 - 1e-12) && count <= static_cast<double>(max_ticks)) {
-      step = candidate;
-      break;
+  const auto count = [&](double candidate) {
+    return std::floor(high / candidate + 1e-9) - std::ceil(low / candidate - 1e-9) + 1.0;
+  };
+  bool found = false;
+  for (const double decade : {1.0, 10.0, 100.0}) {
+    for (const double mantissa : {1.0, 2.0, 2.5, 5.0}) {
+      const double candidate = mantissa * decade * magnitude;
+      if (count(candidate) <= static_cast<double>(max_ticks)) {
+        step = candidate;
+        found = true;
+        break;
+      }
     }
+    if (found) break;
   }
   std::vector<double> ticks;
   const double first = std::ceil(low / step - 1e-9);
