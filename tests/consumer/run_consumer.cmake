@@ -25,3 +25,10 @@ run(${CMAKE_COMMAND} -S "${CMAKE_CURRENT_LIST_DIR}" -B "${MASKPOS_WORK_DIR}/cons
     -DCMAKE_BUILD_TYPE=Release ${consumer_args})
 run(${CMAKE_COMMAND} --build "${MASKPOS_WORK_DIR}/consumer-build")
 run("${MASKPOS_WORK_DIR}/consumer-build/consumer")
+if(EXISTS "${MASKPOS_WORK_DIR}/consumer-build/consumer_figure")
+  execute_process(COMMAND "${MASKPOS_WORK_DIR}/consumer-build/consumer_figure"
+                  WORKING_DIRECTORY "${MASKPOS_WORK_DIR}/consumer-build" RESULT_VARIABLE result)
+  if(NOT result EQUAL 0 OR NOT EXISTS "${MASKPOS_WORK_DIR}/consumer-build/consumer_figure.svg")
+    message(FATAL_ERROR "consumer_figure failed (${result})")
+  endif()
+endif()

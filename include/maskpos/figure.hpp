@@ -1,0 +1,725 @@
+/// @file figure.hpp
+/// @brief Publication-quality heatmap grids of score matrices (PNG, SVG, PDF) drawn with cairo, laid
+///        out like the paper's figures.
+///
+/// Needs cairo: link the CMake target `maskpos::figures` (it exists when pkg-config finds cairo;
+/// Debian: libcairo2-dev; the default font is DejaVu Sans, Debian fonts-dejavu-core). The rest of
+/// maskpos does not need it, and maskpos.hpp does not include this header.
+///
+/// A figure is a grid of heatmap panels (the paper: layers in columns, raw and "normalized" means in
+/// rows). Each panel has a title, position ticks (0, 10, 20, ...) on both axes, the axis labels
+/// "Key Position" and "Query Position", and its own colour bar; masked (NaN) entries stay blank. The
+/// same drawing code writes PNG (raster, at FigureOptions::dpi) and SVG or PDF (vector text and
+/// lines; the heatmap cells are an embedded image drawn without smoothing).
+///
+/// \code
+/// #include <maskpos/maskpos.hpp>
+/// #include <maskpos/figure.hpp>
+/// int main() {
+///   maskpos::DecoderConfig config;                        // 4 layers, L2, causal
+///   auto inputs = maskpos::InputSpec::gaussian(50, 64, 0.2);
+///   maskpos::MonteCarloOptions options;
+///   options.samples = 5000;
+///   auto result = maskpos::monte_carlo<float>(config, inputs, options);
+///   std::vector<maskpos::Matrix<double>> normalized;
+///   for (const auto& scores : result.mean_scores) normalized.push_back(maskpos::diagonal_normalize(scores));
+///   maskpos::LayerGridOptions grid_options;
+///   grid_options.raw_vmin = 0.0;
+///   grid_options.raw_vmax = 1.0;
+///   auto grid = maskpos::layer_grid("L2, alpha = 0.2", result.mean_scores, normalized, grid_options);
+///   maskpos::save_figure(grid, "scores.png");
+///   maskpos::save_figure(grid, "scores.pdf");
+/// }
+/// \endcode
+///
+/// Thread-safety: every function is reentrant; figures written concurrently to different paths do
+/// not interact (cairo keeps no per-surface global state; its font caches are locked internally).
+#pragma once
+
+#include "detail/colormap.hpp"
+#include "detail/errors.hpp"
+#include "types.hpp"
+
+#include <cairo-pdf.h>
+#include <cairo-svg.h>
+#include <cairo.h>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <cctype>
+#include <cerrno>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <optional>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+namespace maskpos {
+
+/// Colour maps for heatmap panels.
+enum class Colormap {
+  Rocket,       ///< seaborn's "rocket" (black - purple - red - cream): the paper's map, the default
+  Magma,        ///< matplotlib's "magma"
+  BlueWhiteRed  ///< diverging blue - white - red, for signed data with limits symmetric about 0
+};
+
+/// How a panel's colour limits are chosen when vmin / vmax are not given.
+enum class LimitRule {
+  MinMax,     ///< minimum and maximum of the finite entries
+  Percentile  ///< the lower / upper percentiles of the finite entries (the paper's real-model figures)
+};
+
+/// One heatmap: an S x S (or any rows x cols) matrix, query positions down, key positions across.
+struct HeatmapPanel {
+  Matrix<double> values;  ///< NaN (and +-inf) entries are masked: drawn blank
+  std::string title;      ///< UTF-8; may be empty
+  std::optional<double> vmin;  ///< lower colour limit; automatic (see limit_rule) when empty
+  std::optional<double> vmax;  ///< upper colour limit; automatic when empty
+  Colormap colormap = Colormap::Rocket;
+  LimitRule limit_rule = LimitRule::MinMax;
+  double lower_percentile = 1.0;   ///< for LimitRule::Percentile, in [0, 100]
+  double upper_percentile = 99.0;  ///< for LimitRule::Percentile, in [0, 100]
+};
+
+/// A figure: an overall title, optional row labels (drawn vertically at the left), rows of panels.
+struct FigureGrid {
+  std::string title;                            ///< may be empty
+  std::vector<std::string> row_labels;          ///< empty, or one per row
+  std::vector<std::vector<HeatmapPanel>> rows;  ///< rows may hold different numbers of panels
+};
+
+/// Sizes and fonts. Lengths are in points (1/72 inch).
+struct FigureOptions {
+  double panel_size = 170.0;  ///< the longer side of each heatmap; \pre > 0
+  double dpi = 150.0;         ///< PNG resolution (pixels per inch); \pre > 0
+  double font_size = 9.0;     ///< tick labels; axis labels, titles and the figure title scale from it
+  std::string font_family = "DejaVu Sans";
+  bool axis_labels = true;    ///< draw x_label / y_label on every panel
+  std::string x_label = "Key Position";
+  std::string y_label = "Query Position";
+};
+
+/// Output format, chosen from the file name's extension.
+enum class FigureFormat { Png, Svg, Pdf };
+
+/// A rectangle in points, origin at the figure's top-left corner, y down.
+struct Rect {
+  double x = 0, y = 0, width = 0, height = 0;
+};
+
+/// Where one panel lands, and its resolved colour limits.
+struct PanelLayout {
+  Rect heatmap;    ///< the cells: cell (i, j) spans heatmap.x + j * w / cols ... (row i down)
+  Rect colorbar;
+  double vmin = 0, vmax = 1;
+};
+
+/// The whole figure's geometry.
+struct FigureLayout {
+  double width = 0, height = 0;  ///< points
+  int png_width = 0, png_height = 0;  ///< pixels at FigureOptions::dpi: ceil(points * dpi / 72)
+  std::vector<std::vector<PanelLayout>> panels;
+};
+
+/// Settings of layer_grid.
+struct LayerGridOptions {
+  std::optional<double> raw_vmin;  ///< limits shared by the raw row; default: min / max over all layers
+  std::optional<double> raw_vmax;
+  LimitRule normalized_rule = LimitRule::MinMax;  ///< per-panel limits of the normalized row
+  Colormap raw_colormap = Colormap::Rocket;
+  Colormap normalized_colormap = Colormap::Rocket;  ///< the paper uses rocket here too
+  std::string layer_label = "Layer";  ///< titles read "<layer_label> l" and "<layer_label> l (Normalized)"
+};
+
+/// The colour of a colour map at t in [0, 1] (clamped), sRGB channels in [0, 1].
+inline std::array<double, 3> colormap_rgb(Colormap colormap, double t) {
+  switch (colormap) {
+    case Colormap::Magma: return detail::interpolate_anchors(detail::magma_anchors, t);
+    case Colormap::BlueWhiteRed: return detail::interpolate_anchors(detail::blue_white_red_anchors, t);
+    case Colormap::Rocket: break;
+  }
+  return detail::interpolate_anchors(detail::rocket_anchors, t);
+}
+
+/// The file format implied by a path's extension (.png, .svg, .pdf; any letter case).
+/// \pre the extension is one of those three.
+inline FigureFormat figure_format(const std::string& path) {
+  const auto dot = path.find_last_of('.');
+  const auto slash = path.find_last_of('/');
+  std::string extension;
+  if (dot != std::string::npos && (slash == std::string::npos || dot > slash)) extension = path.substr(dot + 1);
+  for (char& c : extension) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  if (extension == "png") return FigureFormat::Png;
+  if (extension == "svg") return FigureFormat::Svg;
+  if (extension == "pdf") return FigureFormat::Pdf;
+  detail::throw_invalid("path", path, "an extension .png, .svg or .pdf");
+}
+
+/// The colour limits a panel is drawn with: the given vmin / vmax, else the limit rule applied to the
+/// finite entries. Automatic limits that coincide (a constant panel) are widened to v -+ 5% of |v|
+/// (or -+ 0.05 when v = 0), so that the panel takes the map's middle colour and the colour bar keeps
+/// readable ticks.
+/// \pre values is not empty; with an automatic limit, values has a finite entry; given limits are
+///      finite; the percentiles lie in [0, 100] with lower < upper; the resolved vmin < vmax.
+/// \return {vmin, vmax}.
+inline std::pair<double, double> panel_limits(const HeatmapPanel& panel) {
+  detail::require(panel.values.size() > 0, "values", "empty matrix", "at least one entry");
+  if (panel.vmin) detail::require(std::isfinite(*panel.vmin), "vmin", *panel.vmin, "a finite number");
+  if (panel.vmax) detail::require(std::isfinite(*panel.vmax), "vmax", *panel.vmax, "a finite number");
+  double low = 0.0, high = 0.0;
+  if (!panel.vmin || !panel.vmax) {
+    std::vector<double> finite;
+    finite.reserve(static_cast<std::size_t>(panel.values.size()));
+    for (Index k = 0; k < panel.values.size(); ++k)
+      if (std::isfinite(panel.values.data()[k])) finite.push_back(panel.values.data()[k]);
+    detail::require(!finite.empty(), "values", "no finite entry", "at least one finite entry for automatic limits");
+    if (panel.limit_rule == LimitRule::Percentile) {
+      detail::require(panel.lower_percentile >= 0.0 && panel.lower_percentile < panel.upper_percentile &&
+                          panel.upper_percentile <= 100.0,
+                      "lower_percentile, upper_percentile",
+                      detail::to_text(panel.lower_percentile) + ", " + detail::to_text(panel.upper_percentile),
+                      "0 <= lower_percentile < upper_percentile <= 100");
+      low = detail::percentile(finite, panel.lower_percentile);
+      high = detail::percentile(std::move(finite), panel.upper_percentile);
+    } else {
+      const auto [smallest, largest] = std::minmax_element(finite.begin(), finite.end());
+      low = *smallest;
+      high = *largest;
+    }
+    if (!panel.vmin && !panel.vmax && !(low < high)) {
+      const double half_width = low == 0.0 ? 0.05 : 0.05 * std::fabs(low);
+      high = low + half_width;
+      low -= half_width;
+    }
+  }
+  if (panel.vmin) low = *panel.vmin;
+  if (panel.vmax) high = *panel.vmax;
+  detail::require(low < high, "vmin, vmax", detail::to_text(low) + ", " + detail::to_text(high), "vmin < vmax");
+  return {low, high};
+}
+
+namespace detail {
+
+/// Owning handles for cairo objects.
+struct CairoSurfaceDeleter {
+  void operator()(cairo_surface_t* surface) const { cairo_surface_destroy(surface); }
+};
+struct CairoContextDeleter {
+  void operator()(cairo_t* context) const { cairo_destroy(context); }
+};
+using SurfacePtr = std::unique_ptr<cairo_surface_t, CairoSurfaceDeleter>;
+using ContextPtr = std::unique_ptr<cairo_t, CairoContextDeleter>;
+
+/// Throws std::runtime_error unless cairo reports success.
+inline void check_cairo(cairo_status_t status, const char* what) {
+  if (status != CAIRO_STATUS_SUCCESS)
+    throw std::runtime_error(std::string("cairo ") + what + ": " + cairo_status_to_string(status));
+}
+
+/// Most colour-bar ticks (matplotlib shows up to about 8 on a bar of this size).
+inline constexpr int colorbar_max_ticks = 8;
+
+/// Font sizes and fixed lengths of the layout, in points, derived from FigureOptions (matplotlib's
+/// proportions: ticks 3.5 long, 3.5 from their labels, 0.8-wide lines).
+struct FigureStyle {
+  double tick_font, label_font, title_font, figure_title_font, row_label_font;
+  double tick_length = 3.5, tick_pad = 3.5, label_pad = 4.0, title_pad = 6.0, line_width = 0.8;
+  double colorbar_gap, colorbar_width, column_gap, row_gap, margin = 10.0;
+
+  explicit FigureStyle(const FigureOptions& options)
+      : tick_font(options.font_size),
+        label_font(options.font_size * 10.0 / 9.0),
+        title_font(options.font_size * 12.0 / 9.0),
+        figure_title_font(options.font_size * 15.0 / 9.0),
+        row_label_font(options.font_size * 12.0 / 9.0),
+        colorbar_gap(0.05 * options.panel_size),
+        colorbar_width(0.055 * options.panel_size),
+        column_gap(0.08 * options.panel_size),
+        row_gap(0.06 * options.panel_size) {}
+};
+
+enum class FontWeight { Normal, Bold };
+
+/// pi / 2: text rotated by minus this reads upwards.
+inline constexpr double quarter_turn = 1.57079632679489661923;
+
+inline void set_font(cairo_t* context, const FigureOptions& options, double size, FontWeight weight) {
+  cairo_select_font_face(context, options.font_family.c_str(), CAIRO_FONT_SLANT_NORMAL,
+                         weight == FontWeight::Bold ? CAIRO_FONT_WEIGHT_BOLD : CAIRO_FONT_WEIGHT_NORMAL);
+  cairo_set_font_size(context, size);
+}
+
+/// Unhinted metrics, so that text measures the same on every surface type.
+inline void set_font_options(cairo_t* context) {
+  cairo_font_options_t* font_options = cairo_font_options_create();
+  cairo_font_options_set_hint_metrics(font_options, CAIRO_HINT_METRICS_OFF);
+  cairo_font_options_set_hint_style(font_options, CAIRO_HINT_STYLE_NONE);
+  cairo_set_font_options(context, font_options);
+  cairo_font_options_destroy(font_options);
+}
+
+inline double text_width(cairo_t* context, const std::string& text) {
+  cairo_text_extents_t extents;
+  cairo_text_extents(context, text.c_str(), &extents);
+  return extents.x_advance;
+}
+
+/// Height of a line of text in the current font (ascent + descent).
+inline double line_height(cairo_t* context) {
+  cairo_font_extents_t extents;
+  cairo_font_extents(context, &extents);
+  return extents.ascent + extents.descent;
+}
+
+/// Draws text with its box anchored at (x, y): halign 0 = left edge, 0.5 = centre, 1 = right edge;
+/// valign likewise from the top of the line box (ascent) to its bottom (descent). `angle` in radians
+/// rotates the text about the anchor (-pi/2: reading upwards).
+inline void draw_text(cairo_t* context, const std::string& text, double x, double y, double halign,
+                      double valign, double angle = 0.0) {
+  if (text.empty()) return;
+  cairo_font_extents_t font;
+  cairo_font_extents(context, &font);
+  const double width = text_width(context, text);
+  cairo_save(context);
+  cairo_translate(context, x, y);
+  cairo_rotate(context, angle);
+  cairo_move_to(context, -halign * width, -valign * (font.ascent + font.descent) + font.ascent);
+  cairo_show_text(context, text.c_str());
+  cairo_restore(context);
+}
+
+/// Position ticks for an axis of n cells: nice multiples of 1, 2, 2.5, 5 x 10^k in [0, n - 1].
+inline std::vector<double> position_ticks(Index cells) {
+  if (cells <= 1) return {0.0};
+  return nice_ticks(0.0, static_cast<double>(cells - 1), 6).first;
+}
+
+inline std::string integer_text(double value) { return std::to_string(static_cast<long long>(std::llround(value))); }
+
+/// Rounds a length in points to whole pixels at `points_per_pixel`.
+inline double snap(double value, double points_per_pixel) {
+  return std::round(value / points_per_pixel) * points_per_pixel;
+}
+
+/// Measures everything and places every panel. Also validates the grid and the options.
+inline FigureLayout layout_figure(cairo_t* context, const FigureGrid& grid, const FigureOptions& options) {
+  require(std::isfinite(options.panel_size) && options.panel_size > 0.0, "panel_size", options.panel_size,
+          "a finite size > 0 (points)");
+  require(std::isfinite(options.dpi) && options.dpi > 0.0, "dpi", options.dpi, "a finite resolution > 0");
+  require(std::isfinite(options.font_size) && options.font_size > 0.0, "font_size", options.font_size,
+          "a finite size > 0 (points)");
+  require(!grid.rows.empty(), "rows", grid.rows.size(), "at least one row of panels");
+  require(grid.row_labels.empty() || grid.row_labels.size() == grid.rows.size(), "row_labels",
+          grid.row_labels.size(), "empty or one label per row (" + to_text(grid.rows.size()) + ")");
+  const FigureStyle style(options);
+  const double pixel = 72.0 / options.dpi;
+
+  FigureLayout layout;
+  double max_y_tick_width = 0.0, max_colorbar_label_width = 0.0;
+  bool any_title = false;
+  std::size_t columns = 0;
+  set_font(context, options, style.tick_font, FontWeight::Normal);
+  for (std::size_t r = 0; r < grid.rows.size(); ++r) {
+    require(!grid.rows[r].empty(), "rows[" + to_text(r) + "]", "empty", "at least one panel per row");
+    columns = std::max(columns, grid.rows[r].size());
+    std::vector<PanelLayout> row_layout;
+    for (const HeatmapPanel& panel : grid.rows[r]) {
+      PanelLayout placed;
+      std::tie(placed.vmin, placed.vmax) = panel_limits(panel);
+      for (const double tick : position_ticks(panel.values.rows()))
+        max_y_tick_width = std::max(max_y_tick_width, text_width(context, integer_text(tick)));
+      const auto [ticks, step] = nice_ticks(placed.vmin, placed.vmax, colorbar_max_ticks);
+      for (const std::string& label : tick_labels(ticks, step))
+        max_colorbar_label_width = std::max(max_colorbar_label_width, text_width(context, label));
+      any_title = any_title || !panel.title.empty();
+      row_layout.push_back(placed);
+    }
+    layout.panels.push_back(std::move(row_layout));
+  }
+  const double tick_line = line_height(context);
+  set_font(context, options, style.label_font, FontWeight::Normal);
+  const double label_line = options.axis_labels ? line_height(context) : 0.0;
+  set_font(context, options, style.title_font, FontWeight::Normal);
+  const double title_line = any_title ? line_height(context) : 0.0;
+  set_font(context, options, style.figure_title_font, FontWeight::Normal);
+  const double figure_title_line = grid.title.empty() ? 0.0 : line_height(context);
+  set_font(context, options, style.row_label_font, FontWeight::Normal);
+  const bool any_row_label = std::any_of(grid.row_labels.begin(), grid.row_labels.end(),
+                                         [](const std::string& label) { return !label.empty(); });
+  const double row_label_width = any_row_label ? line_height(context) + style.title_pad : 0.0;
+
+  // One cell of the grid: [y label][y ticks][heatmap][gap][colour bar][ticks + labels].
+  const double left = (options.axis_labels ? label_line + style.label_pad : 0.0) + max_y_tick_width +
+                      style.tick_pad + style.tick_length;
+  const double right = style.colorbar_gap + style.colorbar_width + style.tick_length + style.tick_pad +
+                       max_colorbar_label_width;
+  const double top = any_title ? title_line + style.title_pad : 0.0;
+  const double bottom = style.tick_length + style.tick_pad + tick_line +
+                        (options.axis_labels ? style.label_pad + label_line : 0.0);
+  const double cell_width = left + options.panel_size + right;
+  const double cell_height = top + options.panel_size + bottom;
+  const double origin_x = style.margin + row_label_width;
+  const double origin_y = style.margin + (grid.title.empty() ? 0.0 : figure_title_line + style.title_pad * 1.5);
+  layout.width = origin_x + static_cast<double>(columns) * cell_width +
+                 static_cast<double>(columns - 1) * style.column_gap + style.margin;
+  layout.height = origin_y + static_cast<double>(grid.rows.size()) * cell_height +
+                  static_cast<double>(grid.rows.size() - 1) * style.row_gap + style.margin;
+  layout.png_width = static_cast<int>(std::ceil(layout.width / pixel - 1e-9));
+  layout.png_height = static_cast<int>(std::ceil(layout.height / pixel - 1e-9));
+
+  for (std::size_t r = 0; r < grid.rows.size(); ++r) {
+    for (std::size_t c = 0; c < grid.rows[r].size(); ++c) {
+      const Matrix<double>& values = grid.rows[r][c].values;
+      const double longer = static_cast<double>(std::max(values.rows(), values.cols()));
+      const double cell_x = origin_x + static_cast<double>(c) * (cell_width + style.column_gap);
+      const double cell_y = origin_y + static_cast<double>(r) * (cell_height + style.row_gap);
+      Rect& heatmap = layout.panels[r][c].heatmap;
+      heatmap.x = snap(cell_x + left, pixel);
+      heatmap.y = snap(cell_y + top, pixel);
+      heatmap.width = std::max(pixel, snap(options.panel_size * static_cast<double>(values.cols()) / longer, pixel));
+      heatmap.height = std::max(pixel, snap(options.panel_size * static_cast<double>(values.rows()) / longer, pixel));
+      Rect& colorbar = layout.panels[r][c].colorbar;
+      colorbar.x = snap(heatmap.x + heatmap.width + style.colorbar_gap, pixel);
+      colorbar.y = heatmap.y;
+      colorbar.width = std::max(pixel, snap(style.colorbar_width, pixel));
+      colorbar.height = heatmap.height;
+    }
+  }
+  return layout;
+}
+
+/// An image surface of `rows x cols` blocks of `block x block` pixels, each block the colour of its
+/// cell (transparent when masked). Blocks larger than one pixel keep cells sharp in SVG viewers, which
+/// smooth embedded images when they scale them up.
+inline SurfacePtr cell_image(const Matrix<double>& values, Colormap colormap, double vmin, double vmax, int block = 1) {
+  const int cols = static_cast<int>(values.cols());
+  const int rows = static_cast<int>(values.rows());
+  SurfacePtr image(cairo_image_surface_create(CAIRO_FORMAT_ARGB32, cols * block, rows * block));
+  check_cairo(cairo_surface_status(image.get()), "cell image");
+  cairo_surface_flush(image.get());
+  unsigned char* data = cairo_image_surface_get_data(image.get());
+  const int stride = cairo_image_surface_get_stride(image.get());
+  const auto to_byte = [](double channel) {
+    return static_cast<std::uint32_t>(std::lround(std::clamp(channel, 0.0, 1.0) * 255.0));
+  };
+  for (int i = 0; i < rows * block; ++i) {
+    auto* row = reinterpret_cast<std::uint32_t*>(data + static_cast<std::ptrdiff_t>(i) * stride);
+    for (int j = 0; j < cols * block; ++j) {
+      const double value = values(i / block, j / block);
+      if (!std::isfinite(value)) {
+        row[j] = 0u;  // transparent: the background shows through
+        continue;
+      }
+      const auto rgb = colormap_rgb(colormap, (value - vmin) / (vmax - vmin));
+      row[j] = 0xFF000000u | (to_byte(rgb[0]) << 16) | (to_byte(rgb[1]) << 8) | to_byte(rgb[2]);
+    }
+  }
+  cairo_surface_mark_dirty(image.get());
+  return image;
+}
+
+/// Paints `image` stretched over `rect` without smoothing (one flat square per cell).
+inline void paint_image(cairo_t* context, cairo_surface_t* image, const Rect& rect, cairo_filter_t filter,
+                        cairo_extend_t extend) {
+  const double image_width = cairo_image_surface_get_width(image);
+  const double image_height = cairo_image_surface_get_height(image);
+  cairo_save(context);
+  cairo_rectangle(context, rect.x, rect.y, rect.width, rect.height);
+  cairo_clip(context);
+  cairo_translate(context, rect.x, rect.y);
+  cairo_scale(context, rect.width / image_width, rect.height / image_height);
+  cairo_set_source_surface(context, image, 0.0, 0.0);
+  cairo_pattern_set_filter(cairo_get_source(context), filter);
+  cairo_pattern_set_extend(cairo_get_source(context), extend);
+  cairo_paint(context);
+  cairo_restore(context);
+}
+
+inline void stroke_frame(cairo_t* context, const Rect& rect, double line_width) {
+  cairo_set_line_width(context, line_width);
+  cairo_rectangle(context, rect.x, rect.y, rect.width, rect.height);
+  cairo_stroke(context);
+}
+
+inline void line(cairo_t* context, double x0, double y0, double x1, double y1) {
+  cairo_move_to(context, x0, y0);
+  cairo_line_to(context, x1, y1);
+  cairo_stroke(context);
+}
+
+/// Draws one panel: cells, frame, position ticks and labels, title, axis labels, colour bar.
+/// \param vector true for SVG / PDF: cells are then embedded as blocks of pixels (about 512 pixels
+///        across the panel), so that viewers that smooth images still show sharp cells.
+inline void draw_panel(cairo_t* context, const HeatmapPanel& panel, const PanelLayout& placed,
+                       const FigureOptions& options, const FigureStyle& style, bool vector) {
+  const Rect& heatmap = placed.heatmap;
+  const Index rows = panel.values.rows();
+  const Index cols = panel.values.cols();
+  const Index longer = std::max(rows, cols);
+  const int block = vector ? static_cast<int>(std::clamp<Index>((512 + longer - 1) / longer, 1, 64)) : 1;
+  SurfacePtr cells = cell_image(panel.values, panel.colormap, placed.vmin, placed.vmax, block);
+  paint_image(context, cells.get(), heatmap, CAIRO_FILTER_NEAREST, CAIRO_EXTEND_NONE);
+
+  cairo_set_source_rgb(context, 0.0, 0.0, 0.0);
+  cairo_set_line_width(context, style.line_width);
+  stroke_frame(context, heatmap, style.line_width);
+
+  // Position ticks at cell centres, like matplotlib's imshow.
+  set_font(context, options, style.tick_font, FontWeight::Normal);
+  const double cell_width = heatmap.width / static_cast<double>(cols);
+  const double cell_height = heatmap.height / static_cast<double>(rows);
+  const double bottom = heatmap.y + heatmap.height;
+  double y_tick_width = 0.0;
+  for (const double tick : position_ticks(cols)) {
+    const double x = heatmap.x + (tick + 0.5) * cell_width;
+    line(context, x, bottom, x, bottom + style.tick_length);
+    draw_text(context, integer_text(tick), x, bottom + style.tick_length + style.tick_pad, 0.5, 0.0);
+  }
+  for (const double tick : position_ticks(rows)) {
+    const double y = heatmap.y + (tick + 0.5) * cell_height;
+    line(context, heatmap.x, y, heatmap.x - style.tick_length, y);
+    const std::string label = integer_text(tick);
+    y_tick_width = std::max(y_tick_width, text_width(context, label));
+    draw_text(context, label, heatmap.x - style.tick_length - style.tick_pad, y, 1.0, 0.5);
+  }
+  const double tick_line = line_height(context);
+
+  if (options.axis_labels) {
+    set_font(context, options, style.label_font, FontWeight::Normal);
+    draw_text(context, options.x_label, heatmap.x + heatmap.width / 2.0,
+              bottom + style.tick_length + style.tick_pad + tick_line + style.label_pad, 0.5, 0.0);
+    draw_text(context, options.y_label,
+              heatmap.x - style.tick_length - style.tick_pad - y_tick_width - style.label_pad,
+              heatmap.y + heatmap.height / 2.0, 0.5, 1.0, -detail::quarter_turn);
+  }
+  if (!panel.title.empty()) {
+    set_font(context, options, style.title_font, FontWeight::Normal);
+    draw_text(context, panel.title, heatmap.x + heatmap.width / 2.0, heatmap.y - style.title_pad, 0.5, 1.0);
+  }
+
+  // Colour bar: a 256-step vertical ramp, smoothed between steps, top = vmax.
+  const Rect& colorbar = placed.colorbar;
+  constexpr int steps = 256;
+  Matrix<double> ramp(steps, 1);
+  for (int k = 0; k < steps; ++k) ramp(k, 0) = 1.0 - (k + 0.5) / steps;
+  SurfacePtr ramp_image = cell_image(ramp, panel.colormap, 0.0, 1.0);
+  paint_image(context, ramp_image.get(), colorbar, CAIRO_FILTER_BILINEAR, CAIRO_EXTEND_PAD);
+  cairo_set_source_rgb(context, 0.0, 0.0, 0.0);
+  stroke_frame(context, colorbar, style.line_width);
+  set_font(context, options, style.tick_font, FontWeight::Normal);
+  const auto [ticks, step] = nice_ticks(placed.vmin, placed.vmax, colorbar_max_ticks);
+  const auto labels = tick_labels(ticks, step);
+  const double right = colorbar.x + colorbar.width;
+  for (std::size_t k = 0; k < ticks.size(); ++k) {
+    const double y = colorbar.y + colorbar.height * (placed.vmax - ticks[k]) / (placed.vmax - placed.vmin);
+    line(context, right, y, right + style.tick_length, y);
+    draw_text(context, labels[k], right + style.tick_length + style.tick_pad, y, 0.0, 0.5);
+  }
+}
+
+/// Draws the whole figure in points onto `context` (already scaled for the surface).
+inline void draw_figure(cairo_t* context, const FigureGrid& grid, const FigureLayout& layout,
+                        const FigureOptions& options, bool vector) {
+  const FigureStyle style(options);
+  set_font_options(context);
+  cairo_set_source_rgb(context, 1.0, 1.0, 1.0);
+  cairo_paint(context);
+  cairo_set_line_cap(context, CAIRO_LINE_CAP_BUTT);
+  cairo_set_line_join(context, CAIRO_LINE_JOIN_MITER);
+  for (std::size_t r = 0; r < grid.rows.size(); ++r)
+    for (std::size_t c = 0; c < grid.rows[r].size(); ++c)
+      draw_panel(context, grid.rows[r][c], layout.panels[r][c], options, style, vector);
+  cairo_set_source_rgb(context, 0.0, 0.0, 0.0);
+  if (!grid.title.empty()) {
+    set_font(context, options, style.figure_title_font, FontWeight::Normal);
+    draw_text(context, grid.title, layout.width / 2.0, style.margin, 0.5, 0.0);
+  }
+  set_font(context, options, style.row_label_font, FontWeight::Bold);
+  for (std::size_t r = 0; r < grid.row_labels.size(); ++r) {
+    const Rect& first = layout.panels[r].front().heatmap;
+    draw_text(context, grid.row_labels[r], style.margin, first.y + first.height / 2.0, 0.5, 0.0, -detail::quarter_turn);
+  }
+}
+
+/// A scratch context for measuring text.
+inline ContextPtr measuring_context() {
+  static_assert(sizeof(int) >= 4, "maskpos figures: int must hold pixel sizes");
+  SurfacePtr surface(cairo_image_surface_create(CAIRO_FORMAT_ARGB32, 1, 1));
+  ContextPtr context(cairo_create(surface.get()));
+  set_font_options(context.get());
+  return context;
+}
+
+/// Writes the bytes cairo hands over to a file descriptor (cairo_write_func_t).
+inline cairo_status_t write_to_descriptor(void* closure, const unsigned char* data, unsigned int length) {
+  const int descriptor = *static_cast<const int*>(closure);
+  while (length > 0) {
+    const ssize_t written = ::write(descriptor, data, length);
+    if (written < 0 && errno == EINTR) continue;
+    if (written <= 0) return CAIRO_STATUS_WRITE_ERROR;
+    data += written;
+    length -= static_cast<unsigned int>(written);
+  }
+  return CAIRO_STATUS_SUCCESS;
+}
+
+/// A private, minimal atomic file writer (a shared one may replace it): creates a uniquely named
+/// temporary file next to `path` (mode 0666 minus the umask, like an ordinary new file), lets
+/// `write` fill it through the descriptor, flushes it to disk and renames it over `path`. On any
+/// failure the temporary file is removed and std::runtime_error is thrown; `path` is then untouched.
+template <class Write>
+void write_file_atomically(const std::string& path, Write&& write) {
+  const auto slash = path.find_last_of('/');
+  const std::string directory = slash == std::string::npos ? std::string() : path.substr(0, slash + 1);
+  const std::string name = slash == std::string::npos ? path : path.substr(slash + 1);
+  std::random_device entropy;
+  std::string temporary;
+  int descriptor = -1;
+  for (int attempt = 0; attempt < 100 && descriptor < 0; ++attempt) {
+    char suffix[32];
+    std::snprintf(suffix, sizeof suffix, ".tmp-%ld-%08x", static_cast<long>(::getpid()), entropy());
+    temporary = directory + "." + name + suffix;
+    descriptor = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    if (descriptor < 0 && errno != EEXIST) break;
+  }
+  if (descriptor < 0)
+    throw std::runtime_error("maskpos: cannot create a temporary file next to " + path + ": " + std::strerror(errno));
+  std::string failure;
+  try {
+    write(descriptor);
+  } catch (const std::exception& error) {
+    failure = error.what();
+  }
+  if (failure.empty() && ::fsync(descriptor) != 0) failure = std::string("fsync: ") + std::strerror(errno);
+  if (::close(descriptor) != 0 && failure.empty()) failure = std::string("close: ") + std::strerror(errno);
+  if (failure.empty() && std::rename(temporary.c_str(), path.c_str()) != 0)
+    failure = std::string("rename: ") + std::strerror(errno);
+  if (!failure.empty()) {
+    std::remove(temporary.c_str());
+    throw std::runtime_error("maskpos: writing " + path + " failed: " + failure);
+  }
+}
+
+}  // namespace detail
+
+/// The geometry save_figure will use: figure size, each heatmap's and colour bar's rectangle (in
+/// points) and each panel's resolved colour limits.
+/// \pre as for save_figure.
+inline FigureLayout figure_layout(const FigureGrid& grid, const FigureOptions& options = {}) {
+  detail::ContextPtr context = detail::measuring_context();
+  return detail::layout_figure(context.get(), grid, options);
+}
+
+/// Draws `grid` and writes it to `path`, atomically (a temporary file in the same directory, renamed
+/// over `path` when complete). The format follows the extension: .png (raster at options.dpi), .svg
+/// or .pdf (vector; size in points).
+/// \param grid the panels; see HeatmapPanel for the colour limits.
+/// \param path output file; its directory must exist.
+/// \param options sizes and fonts.
+/// \pre the extension is .png, .svg or .pdf; at least one row; every row has a panel; row_labels is
+///      empty or has one label per row; every panel satisfies panel_limits' preconditions; the options
+///      are positive and finite. Violations throw std::invalid_argument naming the parameter.
+/// I/O and cairo failures throw std::runtime_error and leave `path` as it was.
+inline void save_figure(const FigureGrid& grid, const std::string& path, const FigureOptions& options = {}) {
+  const FigureFormat format = figure_format(path);
+  const FigureLayout layout = figure_layout(grid, options);
+  detail::write_file_atomically(path, [&](int descriptor) {
+    if (format == FigureFormat::Png) {
+      detail::SurfacePtr surface(cairo_image_surface_create(CAIRO_FORMAT_RGB24, layout.png_width, layout.png_height));
+      detail::check_cairo(cairo_surface_status(surface.get()), "image surface");
+      {
+        detail::ContextPtr context(cairo_create(surface.get()));
+        cairo_scale(context.get(), options.dpi / 72.0, options.dpi / 72.0);
+        detail::draw_figure(context.get(), grid, layout, options, false);
+        detail::check_cairo(cairo_status(context.get()), "drawing");
+      }
+      detail::check_cairo(cairo_surface_write_to_png_stream(surface.get(), detail::write_to_descriptor, &descriptor),
+                          "PNG output");
+      return;
+    }
+    detail::SurfacePtr surface(
+        format == FigureFormat::Svg
+            ? cairo_svg_surface_create_for_stream(detail::write_to_descriptor, &descriptor, layout.width, layout.height)
+            : cairo_pdf_surface_create_for_stream(detail::write_to_descriptor, &descriptor, layout.width, layout.height));
+    detail::check_cairo(cairo_surface_status(surface.get()), "vector surface");
+    {
+      detail::ContextPtr context(cairo_create(surface.get()));
+      detail::draw_figure(context.get(), grid, layout, options, true);
+      detail::check_cairo(cairo_status(context.get()), "drawing");
+    }
+    cairo_surface_finish(surface.get());
+    detail::check_cairo(cairo_surface_status(surface.get()), format == FigureFormat::Svg ? "SVG output" : "PDF output");
+  });
+}
+
+/// The paper's layout: layers in columns; row 1 the raw mean scores ("Layer l") with colour limits
+/// shared by all layers, row 2 (when `normalized` is not empty) the diagonal-normalized scores
+/// ("Layer l (Normalized)") with per-panel limits.
+/// \param title the figure's title (may be empty).
+/// \param raw one matrix per layer (e.g. MonteCarloResult::mean_scores).
+/// \param normalized empty, or one matrix per layer (e.g. diagonal_normalize of each raw matrix).
+/// \pre raw is not empty; normalized is empty or raw.size() long; with automatic raw limits the raw
+///      matrices have a finite entry.
+/// \return the grid, ready for save_figure.
+inline FigureGrid layer_grid(const std::string& title, const std::vector<Matrix<double>>& raw,
+                             const std::vector<Matrix<double>>& normalized, const LayerGridOptions& options = {}) {
+  detail::require(!raw.empty(), "raw", raw.size(), "at least one layer");
+  detail::require(normalized.empty() || normalized.size() == raw.size(), "normalized", normalized.size(),
+                  "empty or one matrix per layer (" + detail::to_text(raw.size()) + ")");
+  std::optional<double> shared_min = options.raw_vmin, shared_max = options.raw_vmax;
+  if (!shared_min || !shared_max) {
+    double low = std::numeric_limits<double>::infinity(), high = -low;
+    for (const Matrix<double>& layer : raw)
+      for (Index k = 0; k < layer.size(); ++k)
+        if (std::isfinite(layer.data()[k])) {
+          low = std::min(low, layer.data()[k]);
+          high = std::max(high, layer.data()[k]);
+        }
+    detail::require(low <= high, "raw", "no finite entry", "at least one finite entry for automatic limits");
+    if (!(low < high)) {
+      const double half_width = low == 0.0 ? 0.05 : 0.05 * std::fabs(low);
+      high = low + half_width;
+      low -= half_width;
+    }
+    if (!shared_min) shared_min = low;
+    if (!shared_max) shared_max = high;
+  }
+  FigureGrid grid;
+  grid.title = title;
+  grid.rows.emplace_back();
+  for (std::size_t l = 0; l < raw.size(); ++l) {
+    HeatmapPanel panel;
+    panel.values = raw[l];
+    panel.title = options.layer_label + " " + std::to_string(l + 1);
+    panel.vmin = shared_min;
+    panel.vmax = shared_max;
+    panel.colormap = options.raw_colormap;
+    grid.rows.back().push_back(std::move(panel));
+  }
+  if (!normalized.empty()) {
+    grid.rows.emplace_back();
+    for (std::size_t l = 0; l < normalized.size(); ++l) {
+      HeatmapPanel panel;
+      panel.values = normalized[l];
+      panel.title = options.layer_label + " " + std::to_string(l + 1) + " (Normalized)";
+      panel.colormap = options.normalized_colormap;
+      panel.limit_rule = options.normalized_rule;
+      grid.rows.back().push_back(std::move(panel));
+    }
+  }
+  return grid;
+}
+
+}  // namespace maskpos
