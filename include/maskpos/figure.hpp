@@ -36,6 +36,7 @@
 /// not interact (cairo keeps no per-surface global state; its font caches are locked internally).
 #pragma once
 
+#include "detail/atomic_file.hpp"
 #include "detail/colormap.hpp"
 #include "detail/errors.hpp"
 #include "types.hpp"
@@ -44,14 +45,10 @@
 #include <cairo-svg.h>
 #include <cairo.h>
 
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <array>
 #include <cctype>
-#include <cerrno>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -59,7 +56,6 @@
 #include <limits>
 #include <memory>
 #include <optional>
-#include <random>
 #include <stdexcept>
 #include <string>
 #include <tuple>
@@ -562,54 +558,11 @@ inline ContextPtr measuring_context() {
   return context;
 }
 
-/// Writes the bytes cairo hands over to a file descriptor (cairo_write_func_t).
-inline cairo_status_t write_to_descriptor(void* closure, const unsigned char* data, unsigned int length) {
-  const int descriptor = *static_cast<const int*>(closure);
-  while (length > 0) {
-    const ssize_t written = ::write(descriptor, data, length);
-    if (written < 0 && errno == EINTR) continue;
-    if (written <= 0) return CAIRO_STATUS_WRITE_ERROR;
-    data += written;
-    length -= static_cast<unsigned int>(written);
-  }
+/// Appends the bytes cairo hands over to a byte buffer (cairo_write_func_t).
+inline cairo_status_t append_to_buffer(void* closure, const unsigned char* data, unsigned int length) {
+  auto& buffer = *static_cast<std::vector<std::uint8_t>*>(closure);
+  buffer.insert(buffer.end(), data, data + length);
   return CAIRO_STATUS_SUCCESS;
-}
-
-/// A private, minimal atomic file writer (a shared one may replace it): creates a uniquely named
-/// temporary file next to `path` (mode 0666 minus the umask, like an ordinary new file), lets
-/// `write` fill it through the descriptor, flushes it to disk and renames it over `path`. On any
-/// failure the temporary file is removed and std::runtime_error is thrown; `path` is then untouched.
-template <class Write>
-void write_file_atomically(const std::string& path, Write&& write) {
-  const auto slash = path.find_last_of('/');
-  const std::string directory = slash == std::string::npos ? std::string() : path.substr(0, slash + 1);
-  const std::string name = slash == std::string::npos ? path : path.substr(slash + 1);
-  std::random_device entropy;
-  std::string temporary;
-  int descriptor = -1;
-  for (int attempt = 0; attempt < 100 && descriptor < 0; ++attempt) {
-    char suffix[32];
-    std::snprintf(suffix, sizeof suffix, ".tmp-%ld-%08x", static_cast<long>(::getpid()), entropy());
-    temporary = directory + "." + name + suffix;
-    descriptor = ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-    if (descriptor < 0 && errno != EEXIST) break;
-  }
-  if (descriptor < 0)
-    throw std::runtime_error("maskpos: cannot create a temporary file next to " + path + ": " + std::strerror(errno));
-  std::string failure;
-  try {
-    write(descriptor);
-  } catch (const std::exception& error) {
-    failure = error.what();
-  }
-  if (failure.empty() && ::fsync(descriptor) != 0) failure = std::string("fsync: ") + std::strerror(errno);
-  if (::close(descriptor) != 0 && failure.empty()) failure = std::string("close: ") + std::strerror(errno);
-  if (failure.empty() && std::rename(temporary.c_str(), path.c_str()) != 0)
-    failure = std::string("rename: ") + std::strerror(errno);
-  if (!failure.empty()) {
-    std::remove(temporary.c_str());
-    throw std::runtime_error("maskpos: writing " + path + " failed: " + failure);
-  }
 }
 
 }  // namespace detail
@@ -635,7 +588,10 @@ inline FigureLayout figure_layout(const FigureGrid& grid, const FigureOptions& o
 inline void save_figure(const FigureGrid& grid, const std::string& path, const FigureOptions& options = {}) {
   const FigureFormat format = figure_format(path);
   const FigureLayout layout = figure_layout(grid, options);
-  detail::write_file_atomically(path, [&](int descriptor) {
+  // Render into memory, then write atomically (detail/atomic_file.hpp): a failed drawing never
+  // touches `path`.
+  std::vector<std::uint8_t> bytes;
+  [&] {
     if (format == FigureFormat::Png) {
       detail::SurfacePtr surface(cairo_image_surface_create(CAIRO_FORMAT_RGB24, layout.png_width, layout.png_height));
       detail::check_cairo(cairo_surface_status(surface.get()), "image surface");
@@ -645,14 +601,14 @@ inline void save_figure(const FigureGrid& grid, const std::string& path, const F
         detail::draw_figure(context.get(), grid, layout, options, false);
         detail::check_cairo(cairo_status(context.get()), "drawing");
       }
-      detail::check_cairo(cairo_surface_write_to_png_stream(surface.get(), detail::write_to_descriptor, &descriptor),
+      detail::check_cairo(cairo_surface_write_to_png_stream(surface.get(), detail::append_to_buffer, &bytes),
                           "PNG output");
       return;
     }
     detail::SurfacePtr surface(
         format == FigureFormat::Svg
-            ? cairo_svg_surface_create_for_stream(detail::write_to_descriptor, &descriptor, layout.width, layout.height)
-            : cairo_pdf_surface_create_for_stream(detail::write_to_descriptor, &descriptor, layout.width, layout.height));
+            ? cairo_svg_surface_create_for_stream(detail::append_to_buffer, &bytes, layout.width, layout.height)
+            : cairo_pdf_surface_create_for_stream(detail::append_to_buffer, &bytes, layout.width, layout.height));
     detail::check_cairo(cairo_surface_status(surface.get()), "vector surface");
     {
       detail::ContextPtr context(cairo_create(surface.get()));
@@ -661,7 +617,8 @@ inline void save_figure(const FigureGrid& grid, const std::string& path, const F
     }
     cairo_surface_finish(surface.get());
     detail::check_cairo(cairo_surface_status(surface.get()), format == FigureFormat::Svg ? "SVG output" : "PDF output");
-  });
+  }();
+  detail::write_file_atomically(path, bytes);
 }
 
 /// The paper's layout: layers in columns; row 1 the raw mean scores ("Layer l") with colour limits
