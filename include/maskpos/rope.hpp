@@ -393,9 +393,10 @@ inline RopePreset rope_preset(const std::string& name) {
 /// Hence \f$ \langle q(p), k(p')\rangle \f$ of two rotated rows depends on p - p' only.
 ///
 /// Precision: angles are formed and reduced in double precision even for Scalar = float; only the
-/// final m cos(phi), m sin(phi) are rounded to Scalar. A float32 angle p theta_k carries an absolute
-/// error of order p theta_k 2^-24 (from rounding theta_k and the product), which grows linearly with
-/// the position (about 1e-2 rad at p = 131072); in double it is about 1e-11 rad there.
+/// final m cos(phi), m sin(phi) are rounded to Scalar. A float32 angle p theta_k (float32 theta_k
+/// times float32 p, as Hugging Face forms it) carries an absolute error of order p theta_k 2^-24 that
+/// grows linearly with the position: a few 1e-3 rad at p = 131072 and a few 1e-2 rad at p = 1e6
+/// (docs/rope.md); in double it stays below 1e-9 rad there.
 ///
 /// Thread safety: construction is independent per object; apply() is const and may be called
 /// concurrently on different matrices.
