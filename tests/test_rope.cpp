@@ -385,7 +385,7 @@ TEST_CASE("LongRoPE: short factors up to the original context, long beyond, sqrt
   CHECK(within.attention_factor == Approx(std::sqrt(17.0 / 12.0)).epsilon(1e-15));
 }
 
-TEST_CASE("presets and names round-trip; unknown names are rejected") {
+TEST_CASE("presets and names round-trip, unknown names are rejected") {
   for (const auto& name : maskpos::rope_preset_names()) {
     const auto preset = maskpos::rope_preset(name);
     CHECK(preset.name == name);
@@ -536,7 +536,7 @@ TEST_CASE("the Monte Carlo driver runs RoPE with every mask and norm, all values
     }
 }
 
-TEST_CASE("Sec. 5.1: RoPE + causal mask is non-relative from layer 2 on; bidirectional stays relative") {
+TEST_CASE("Sec. 5.1: RoPE + causal mask is non-relative from layer 2 on, bidirectional stays relative") {
   // Small version of the paper's run (S = 50, d = 64, B = 1e5): S = 16, d = 32, B = 20000, 4 layers, L2.
   const Index S = 16, layers = 4;
   const auto inputs = maskpos::InputSpec::gaussian(S, 32, 0.0);
