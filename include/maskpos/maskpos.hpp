@@ -1,11 +1,13 @@
 /// @file maskpos.hpp
-/// @brief Everything in one include.
+/// @brief Everything in one include (except the checkpoint readers safetensors.hpp, model_config.hpp and
+/// checkpoint.hpp, which need nlohmann-json: include them yourself and link maskpos::checkpoint).
 #pragma once
 
 #include "analysis.hpp"
 #include "csv.hpp"
 #include "decoder.hpp"
 #include "inputs.hpp"
+#include "llama.hpp"
 #include "mask.hpp"
 #include "monte_carlo.hpp"
 #include "names.hpp"
