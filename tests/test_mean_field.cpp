@@ -278,3 +278,24 @@ TEST_CASE("bad mean-field input raises std::invalid_argument naming the paramete
   CHECK_THAT(message_of([&] { maskpos::mean_field<double>(zero_layers, MeanFieldInputs::alpha(4, 0.1), 8); }),
              Catch::Contains("layers L"));
 }
+
+TEST_CASE("RoPE without the causal mask: the limit's pattern is relative up to boundary effects") {
+  // Paper Sec. 5.1 (rope_noncausal_0.png): without the mask the normalized Monte Carlo pattern is noise of
+  // about 1e-3, with the mask a clear non-relative pattern. The limit has no noise: it must stay below
+  // that noise level without the mask and exceed it by far (> 0.05) with it.
+  for (const Mask& mask : {Mask::bidirectional(), Mask::causal()}) {
+    DecoderConfig config;
+    config.rope = maskpos::RopeConfig{};
+    config.mask = mask;
+    const auto limit = maskpos::mean_field<double>(config, MeanFieldInputs::alpha(50, 0.5), 64);
+    for (std::size_t l = 1; l < 4; ++l) {
+      const Eigen::MatrixXd pattern = maskpos::diagonal_normalize(limit.scores[l]);
+      const double amplitude = pattern.array().isNaN().select(0.0, pattern.array()).abs().maxCoeff();
+      INFO(mask.name() << ", layer " << l + 1 << ": largest |normalized score| " << amplitude);
+      if (mask.kind == maskpos::MaskKind::Bidirectional)
+        CHECK(amplitude < 1e-3);
+      else
+        CHECK(amplitude > 0.05);
+    }
+  }
+}

@@ -87,18 +87,20 @@ void validate_gram(const Matrix<Scalar>& gram, const std::string& name, bool che
           std::to_string(gram.cols()), "square, S x S with S >= 1");
   require_finite(gram, name);
   const Index S = gram.rows();
+  // Messages are built only on failure: this check runs on every call.
   for (Index i = 0; i < S; ++i)
-    require(gram(i, i) >= 0, name + "(" + std::to_string(i) + ", " + std::to_string(i) + ")", gram(i, i),
-            ">= 0 (a Gram matrix has a non-negative diagonal)");
+    if (!(gram(i, i) >= 0))
+      throw_invalid(name + "(" + std::to_string(i) + ", " + std::to_string(i) + ")", gram(i, i),
+                    ">= 0 (a Gram matrix has a non-negative diagonal)");
   const double symmetry_tolerance = std::sqrt(static_cast<double>(std::numeric_limits<Scalar>::epsilon()));
   for (Index j = 0; j < S; ++j)
     for (Index i = j + 1; i < S; ++i) {
       const double scale = std::sqrt(static_cast<double>(gram(i, i)) * static_cast<double>(gram(j, j)));
       const double gap = std::fabs(static_cast<double>(gram(i, j)) - static_cast<double>(gram(j, i)));
-      require(gap <= symmetry_tolerance * scale + std::numeric_limits<double>::min(),
-              name + "(" + std::to_string(i) + ", " + std::to_string(j) + ") - " + name + "(" + std::to_string(j) +
-                  ", " + std::to_string(i) + ")",
-              gap, "|G_ij - G_ji| <= sqrt(eps) sqrt(G_ii G_jj) (a Gram matrix is symmetric)");
+      if (!(gap <= symmetry_tolerance * scale + std::numeric_limits<double>::min()))
+        throw_invalid(name + "(" + std::to_string(i) + ", " + std::to_string(j) + ") - " + name + "(" +
+                          std::to_string(j) + ", " + std::to_string(i) + ")",
+                      gap, "|G_ij - G_ji| <= sqrt(eps) sqrt(G_ii G_jj) (a Gram matrix is symmetric)");
     }
   if (!check_psd) return;
   const Scalar largest = gram.diagonal().maxCoeff();
