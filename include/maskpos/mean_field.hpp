@@ -119,7 +119,7 @@ inline std::vector<double> rope_mean_kernel(const RopeConfig& rope, Index dim, I
 /// Thread safety: a pure function; concurrent calls are safe.
 ///
 /// Example (paper Sec. 4.1: L2, alpha = 0.2, S = 50, 4 layers; the Monte Carlo mean at d = 64 is within
-/// about 0.02 of this, at d = 1024 within about 0.002):
+/// about 0.013 of this, at d = 1024 within about 0.0012; docs/large_width.md has the table):
 /// \code
 /// #include <maskpos/mean_field.hpp>
 /// #include <iostream>
