@@ -52,9 +52,9 @@ inline std::string to_string(RopeLayout layout) {
 /// Inverse of to_string(RopeLayout); also accepts "neox" (half-split) and "gptj" (interleaved).
 /// \throws std::invalid_argument for any other name
 inline RopeLayout parse_rope_layout(const std::string& name) {
-  if (name == "half-split" || name == "neox") return RopeLayout::HalfSplit;
+  if (name == "half-split" || name == "half" || name == "neox") return RopeLayout::HalfSplit;
   if (name == "interleaved" || name == "gptj") return RopeLayout::Interleaved;
-  detail::throw_invalid("rope layout", name, "one of half-split (neox), interleaved (gptj)");
+  detail::throw_invalid("rope layout", name, "one of half-split (half, neox), interleaved (gptj)");
 }
 
 /// The Hugging Face `rope_type` spelling: "none", "linear", "dynamic", "yarn", "llama3", "longrope".

@@ -1,0 +1,181 @@
+// End-to-end tests of build/bin/maskpos: they run the executable and read what it wrote.
+#include <maskpos/maskpos.hpp>
+#include <maskpos/npy.hpp>
+
+#include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
+
+#include <sys/wait.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+namespace fs = std::filesystem;
+
+namespace {
+
+const std::string kMaskpos = std::string(MASKPOS_BINARY_DIR) + "/bin/maskpos";
+
+struct Outcome {
+  int exit_code;
+  std::string stderr_text;
+};
+
+// Runs `maskpos <arguments>` (the arguments are trusted test strings), capturing stderr.
+Outcome run(const std::string& arguments) {
+  const fs::path log = fs::temp_directory_path() / ("maskpos_cli_test_" + std::to_string(::getpid()) + ".log");
+  const std::string command = kMaskpos + " " + arguments + " > /dev/null 2> " + log.string();
+  const int status = std::system(command.c_str());
+  std::ifstream in(log);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  fs::remove(log);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, text};
+}
+
+fs::path fresh_dir(const std::string& name) {
+  const fs::path dir = fs::temp_directory_path() / ("maskpos_cli_" + name + "_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  return dir;
+}
+
+nlohmann::json read_json(const fs::path& path) {
+  std::ifstream in(path);
+  return nlohmann::json::parse(in);
+}
+
+bool same_or_both_nan(const Eigen::MatrixXd& a, const Eigen::MatrixXd& b) {
+  return a.rows() == b.rows() && a.cols() == b.cols() && ((a.array() == b.array()) || (a.array().isNaN() && b.array().isNaN())).all();
+}
+
+}  // namespace
+
+TEST_CASE("simulate writes .npy files equal to the library called directly, and a summary") {
+  const fs::path out = fresh_dir("simulate");
+  const auto outcome = run("simulate --seq-len 9 --dim 16 --layers 3 --alpha 0.3 --samples 300 --seed 5 --threads 2 "
+                           "--mask sliding:4 --quiet --out " + out.string());
+  REQUIRE(outcome.exit_code == 0);
+  maskpos::DecoderConfig config;
+  config.layers = 3;
+  config.mask = maskpos::Mask::sliding_window(4);
+  maskpos::MonteCarloOptions options;
+  options.samples = 300;
+  options.seed = 5;
+  options.threads = 1;  // the thread count does not change the bits
+  const auto direct = maskpos::monte_carlo<float>(config, maskpos::InputSpec::gaussian(9, 16, 0.3), options);
+  for (int l = 0; l < 3; ++l) {
+    const std::string layer = std::to_string(l + 1);
+    CHECK(same_or_both_nan(maskpos::read_npy_matrices((out / ("scores_layer" + layer + ".npy")).string()).at(0),
+                           direct.mean_scores[static_cast<std::size_t>(l)]));
+    CHECK(same_or_both_nan(maskpos::read_npy_matrices((out / ("probs_layer" + layer + ".npy")).string()).at(0),
+                           direct.mean_probs[static_cast<std::size_t>(l)]));
+    CHECK(same_or_both_nan(maskpos::read_npy_matrices((out / ("stderr_layer" + layer + ".npy")).string()).at(0),
+                           direct.stderr_scores[static_cast<std::size_t>(l)]));
+    CHECK(same_or_both_nan(maskpos::read_npy_matrices((out / ("normalized_layer" + layer + ".npy")).string()).at(0),
+                           maskpos::diagonal_normalize(direct.mean_scores[static_cast<std::size_t>(l)])));
+  }
+  const auto summary = read_json(out / "summary.json");
+  CHECK(summary["maskpos_version"] == maskpos::version_string);
+  CHECK(summary["config"]["mask"] == "sliding:4");
+  CHECK(summary["layers"].size() == 3);
+  CHECK(summary["layers"][2]["non_relative_fraction"].get<double>() ==
+        Approx(maskpos::non_relative_fraction(direct.mean_scores[2])));
+  CHECK(summary["samples_per_second"].get<double>() > 0);
+  CHECK(fs::exists(out / "figure.png"));
+  CHECK(fs::exists(out / "figure.svg"));
+  fs::remove_all(out);
+}
+
+TEST_CASE("Fig. 1 through the command, with both methods") {
+  for (const std::string method : {"monte-carlo", "mean-field"}) {
+    const fs::path out = fresh_dir("fig1_" + method);
+    const auto outcome = run("simulate --inputs orthonormal --seq-len 3 --dim 3 --layers 2 --samples 20 --method " + method +
+                             " --precision double --quiet --no-figure --out " + out.string());
+    REQUIRE(outcome.exit_code == 0);
+    const auto scores = maskpos::read_npy_matrices((out / "scores_layer2.npy").string()).at(0);
+    // The paper's four decimals (tests/test_decoder.cpp checks the closed form itself).
+    CHECK(scores(1, 0) == Approx(0.1535).margin(5e-5));
+    CHECK(scores(2, 0) == Approx(0.1321).margin(5e-5));
+    CHECK(scores(2, 1) == Approx(0.1508).margin(5e-5));
+    fs::remove_all(out);
+  }
+}
+
+TEST_CASE("analyze: metrics of a Toeplitz and of a key-only score file") {
+  const fs::path dir = fresh_dir("analyze_in");
+  fs::create_directories(dir);
+  const int S = 12;
+  std::vector<Eigen::MatrixXd> stack(2, Eigen::MatrixXd(S, S));
+  for (int i = 0; i < S; ++i)
+    for (int j = 0; j < S; ++j) {
+      stack[0](i, j) = j <= i ? std::cos(0.3 * (i - j)) : -1e9;  // a real model's masked entries: a large negative
+      stack[1](i, j) = j <= i ? 0.1 * j : -INFINITY;
+    }
+  maskpos::write_npy((dir / "scores.npy").string(), stack);
+  const fs::path out = fresh_dir("analyze_out");
+  REQUIRE(run("analyze " + (dir / "scores.npy").string() + " --out " + out.string()).exit_code == 0);
+  const auto metrics = read_json(out / "metrics.json");
+  REQUIRE(metrics.size() == 2);
+  CHECK(metrics[0]["non_relative_fraction"].get<double>() == Approx(0.0).margin(1e-20));
+  CHECK(metrics[1]["non_relative_fraction"].get<double>() > 0.0);
+  const auto normalized = maskpos::read_npy_matrices((out / "normalized_1.npy").string()).at(0);
+  CHECK(std::isnan(normalized(0, 1)));
+  CHECK(fs::exists(out / "figure.png"));
+  // Redraw from the saved files.
+  fs::remove(out / "figure.png");
+  CHECK(run("figure " + out.string()).exit_code == 0);
+  CHECK(fs::exists(out / "figure.png"));
+  fs::remove_all(dir);
+  fs::remove_all(out);
+}
+
+TEST_CASE("bad input: exit code 2, one line naming the option, DIR untouched") {
+  const fs::path out = fresh_dir("bad");
+  fs::create_directories(out);
+  { std::ofstream(out / "keep.txt") << "previous result\n"; }
+  const fs::path missing = fresh_dir("never_created");
+  const fs::path garbage = fresh_dir("garbage.npy");
+  { std::ofstream(garbage) << "this is not a numpy file"; }
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"simulate --seq-len 0", "seq_len"},
+      {"simulate --dim 0", "dim"},
+      {"simulate --alpha 1.5", "alpha"},
+      {"simulate --seq-len abc", "--seq-len"},
+      {"simulate --mask sliding:0", "mask"},
+      {"simulate --mask diagonal", "mask"},
+      {"simulate --norm L3", "norm"},
+      {"simulate --score-scale -2", "score scale"},
+      {"simulate --threads -1", "threads"},
+      {"simulate --samples 0", "samples"},
+      {"simulate --inputs orthonormal --seq-len 8 --dim 4", "dim"},
+      {"simulate --rope --rope-dim 3", "rotary"},
+      {"simulate --method exact", "method"},
+      {"simulate --precision half", "precision"},
+      {"simulate --no-such-option", "no-such-option"},
+      {"analyze " + missing.string() + "/none.npy", "none.npy"},
+      {"analyze " + garbage.string(), "garbage"},
+  };
+  for (const auto& [arguments, needle] : cases) {
+    for (const fs::path& target : {out, missing}) {
+      const auto outcome = run(arguments + " --quiet --out " + target.string());
+      INFO(arguments << " -> " << outcome.stderr_text);
+      CHECK(outcome.exit_code == 2);
+      CHECK(outcome.stderr_text.find(needle) != std::string::npos);
+      CHECK(std::count(outcome.stderr_text.begin(), outcome.stderr_text.end(), '\n') == 1);
+    }
+    CHECK(!fs::exists(missing));
+    CHECK(std::distance(fs::directory_iterator(out), fs::directory_iterator{}) == 1);
+    CHECK(fs::exists(out / "keep.txt"));
+  }
+  // No staging directory is left next to the targets.
+  for (const auto& entry : fs::directory_iterator(fs::temp_directory_path()))
+    CHECK(entry.path().filename().string().find(out.filename().string() + ".tmp") == std::string::npos);
+  fs::remove_all(out);
+  fs::remove(garbage);
+}
+
+TEST_CASE("every subcommand has --help") {
+  for (const char* command : {"--help", "simulate --help", "analyze --help", "figure --help", "reproduce --help"})
+    CHECK(run(command).exit_code == 0);
+}
