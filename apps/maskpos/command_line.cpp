@@ -41,6 +41,9 @@ std::optional<CommandLine::Stop> CommandLine::parse(int argc, const char* const*
   }
   simulate_.dim_given = simulate_cmd_->count("--dim") > 0;
   llama_.trace_given = llama_cmd_->count("--trace-layer") > 0;
+  llama_.tokens_given = llama_cmd_->count("--tokens") > 0;
+  llama_.tokens_file_given = llama_cmd_->count("--tokens-file") > 0;
+  llama_.batch_file_given = llama_cmd_->count("--batch-file") > 0;
   return std::nullopt;
 }
 

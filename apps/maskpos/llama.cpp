@@ -52,9 +52,15 @@ TokenIds parse_ids(const std::string& text, const std::string& where) {
   return ids;
 }
 
-int token_sources(const LlamaArgs& args) {
-  return static_cast<int>(!args.tokens.empty()) + static_cast<int>(!args.tokens_file.empty()) +
-         static_cast<int>(!args.batch_file.empty());
+int count_token_sources(const LlamaArgs& args) {
+  return static_cast<int>(args.tokens_given) + static_cast<int>(args.tokens_file_given) +
+         static_cast<int>(args.batch_file_given);
+}
+
+/// "--tokens", "--tokens-file F" or "--batch-file F", for error messages.
+std::string token_source(const LlamaArgs& args) {
+  return args.tokens_given ? std::string("--tokens") : args.tokens_file_given ? "--tokens-file " + args.tokens_file
+                                                                              : "--batch-file " + args.batch_file;
 }
 
 std::string read_text(const std::string& path, const std::string& option) {
@@ -70,9 +76,9 @@ std::string read_text(const std::string& path, const std::string& option) {
 /// The batch described by --tokens, --tokens-file or --batch-file (exactly one is given).
 std::vector<TokenIds> read_batch(const LlamaArgs& args) {
   std::vector<TokenIds> batch;
-  if (!args.tokens.empty()) {
+  if (args.tokens_given) {
     batch.push_back(parse_ids(args.tokens, "--tokens"));
-  } else if (!args.tokens_file.empty()) {
+  } else if (args.tokens_file_given) {
     batch.push_back(parse_ids(read_text(args.tokens_file, "--tokens-file"), "--tokens-file " + args.tokens_file));
   } else {
     std::istringstream lines(read_text(args.batch_file, "--batch-file"));
@@ -88,9 +94,7 @@ std::vector<TokenIds> read_batch(const LlamaArgs& args) {
     }
   }
   if (batch.empty() || batch.front().empty())
-    throw UsageError(!args.tokens.empty() ? std::string("--tokens: no token ids")
-                     : !args.tokens_file.empty() ? "--tokens-file " + args.tokens_file + ": no token ids"
-                                                 : "--batch-file " + args.batch_file + ": no token ids");
+    throw UsageError(token_source(args) + ": no token ids");
   return batch;
 }
 
@@ -131,8 +135,9 @@ LlamaRun run_model(const LlamaArgs& args, const Mask& mask, std::vector<TokenIds
   for (std::size_t b = 0; b < batch.size(); ++b)
     for (std::size_t k = 0; k < batch[b].size(); ++k)
       if (batch[b][k] >= config.vocab_size)
-        throw UsageError(fmt::format("token id {} (sequence {}, position {}) is outside the vocabulary: 0 <= id < vocab_size = {}",
-                                     batch[b][k], b + 1, k, config.vocab_size));
+        throw UsageError(fmt::format("{}: token id {} (sequence {}, 0-based position {}) is outside the vocabulary: "
+                                     "0 <= id < vocab_size = {}",
+                                     token_source(args), batch[b][k], b + 1, k, config.vocab_size));
   if (args.trace_given && args.trace_layer > config.layers)
     throw UsageError(fmt::format("--trace-layer {}: the model has {} layers (1 <= L <= {})", args.trace_layer, config.layers,
                                  config.layers));
@@ -232,7 +237,7 @@ void save_run(const LlamaArgs& args, const LlamaRun& run, const fs::path& dir) {
   if (!args.no_figure) {
     std::vector<std::string> figures = draw_llama_layers(dir, "figure", title, run.scores, run.normalized);
     if (run.trace) {
-      const auto more = draw_llama_trace(dir, "trace", fmt::format("Sub-steps of layer {}, {}", run.trace->layer + 1, title), panels);
+      const auto more = draw_llama_trace(dir, "trace", llama_trace_title(run.trace->layer + 1, title), panels);
       figures.insert(figures.end(), more.begin(), more.end());
     }
     summary["figures"] = figures;
@@ -244,9 +249,9 @@ void save_run(const LlamaArgs& args, const LlamaRun& run, const fs::path& dir) {
 }  // namespace
 
 void check_llama_args(const LlamaArgs& args) {
-  if (token_sources(args) != 1)
+  if (count_token_sources(args) != 1)
     throw UsageError("give exactly one of --tokens, --tokens-file and --batch-file");
-  if (!args.tokens.empty() && parse_ids(args.tokens, "--tokens").empty()) throw UsageError("--tokens: no token ids");
+  if (args.tokens_given && parse_ids(args.tokens, "--tokens").empty()) throw UsageError("--tokens: no token ids");
   if (args.trace_given && args.trace_layer < 1)
     throw UsageError(fmt::format("--trace-layer {}: layers are numbered from 1", args.trace_layer));
   try {
@@ -275,6 +280,10 @@ int llama_command(const LlamaArgs& args) {
                run.scores.size(), run.batch.size(), run.batch.front().size(), run.wall_seconds,
                non_relative_fraction(run.scores.back()), args.out);
   return 0;
+}
+
+std::string llama_trace_title(Index layer, const std::string& title) {
+  return fmt::format("Sub-steps of layer {}, {}", layer, title);
 }
 
 std::vector<std::string> draw_llama_layers(const fs::path& dir, const std::string& stem, const std::string& title,

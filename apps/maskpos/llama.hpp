@@ -18,6 +18,7 @@ struct LlamaArgs {
   std::string tokens;       ///< one sequence: "1,2,3" (commas and/or spaces)
   std::string tokens_file;  ///< one sequence: ids separated by commas or white space, over any lines
   std::string batch_file;   ///< a batch: one sequence per line, all of the same length
+  bool tokens_given = false, tokens_file_given = false, batch_file_given = false;  ///< set by CommandLine::parse
   Index trace_layer = 0;    ///< 1-based block to trace (paper numbering); meaningful when trace_given
   bool trace_given = false;
   std::string mask = "causal";
@@ -43,6 +44,9 @@ int llama_command(const LlamaArgs& args);
 /// with its own 1st/99th-percentile colour limits. Returns the files written.
 std::vector<std::string> draw_llama_layers(const std::filesystem::path& dir, const std::string& stem, const std::string& title,
                                            const std::vector<Matrix<double>>& raw, const std::vector<Matrix<double>>& normalized);
+
+/// The trace figure's title: "Sub-steps of layer <layer>, <title>" (layer 1-based).
+std::string llama_trace_title(Index layer, const std::string& title);
 
 /// Draws the sub-step trace (SubstepTrace::panels(), names "a_..." to "i_...") like `nope_params.png`
 /// into dir/<stem>.png and .svg: three panels per row in the order (a)-(i); Gram panels show their lower triangle (the upper one is blank), score
