@@ -102,6 +102,31 @@ TEST_CASE("Fig. 1 through the command, with both methods") {
   }
 }
 
+TEST_CASE("--method mean-field writes the large-width engine's matrices") {
+  const fs::path out = fresh_dir("mean_field");
+  REQUIRE(run("simulate --method mean-field --seq-len 20 --dim 32 --layers 3 --alpha 0.5 --rope --rope-theta 500 "
+              "--norm rmsnorm --score-scale sqrt-d --quiet --no-figure --out " + out.string())
+              .exit_code == 0);
+  maskpos::DecoderConfig config;
+  config.layers = 3;
+  config.norm = maskpos::Norm::RMSNorm;
+  config.scale = maskpos::ScoreScale::inv_sqrt_dim();
+  maskpos::RopeConfig rope;
+  rope.theta = 500;
+  config.rope = rope;
+  const auto direct = maskpos::mean_field<double>(config, maskpos::MeanFieldInputs::alpha(20, 0.5), 32);
+  for (int l = 0; l < 3; ++l) {
+    const std::string layer = std::to_string(l + 1);
+    CHECK(same_or_both_nan(maskpos::read_npy_matrices((out / ("scores_layer" + layer + ".npy")).string()).at(0),
+                           direct.scores[static_cast<std::size_t>(l)]));
+    CHECK(same_or_both_nan(maskpos::read_npy_matrices((out / ("probs_layer" + layer + ".npy")).string()).at(0),
+                           direct.probs[static_cast<std::size_t>(l)]));
+  }
+  CHECK_FALSE(fs::exists(out / "stderr_layer1.npy"));
+  CHECK(read_json(out / "summary.json")["config"]["method"] == "mean-field");
+  fs::remove_all(out);
+}
+
 TEST_CASE("analyze: metrics of a Toeplitz and of a key-only score file") {
   const fs::path dir = fresh_dir("analyze_in");
   fs::create_directories(dir);
