@@ -102,7 +102,7 @@ TEST_CASE("Fig. 1 through the command, with both methods") {
   }
 }
 
-TEST_CASE("--method mean-field writes the large-width engine's matrices") {
+TEST_CASE("the mean-field method writes the large-width engine matrices") {
   const fs::path out = fresh_dir("mean_field");
   REQUIRE(run("simulate --method mean-field --seq-len 20 --dim 32 --layers 3 --alpha 0.5 --rope --rope-theta 500 "
               "--norm rmsnorm --score-scale sqrt-d --quiet --no-figure --out " + out.string())
