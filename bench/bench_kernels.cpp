@@ -16,12 +16,11 @@ void decoder_layer(benchmark::State& state) {
   maskpos::InputGenerator generator(maskpos::InputSpec::gaussian(S, d, 0.0), 0);
   maskpos::Matrix<Scalar> tokens, state_matrix;
   generator.generate(0, tokens);
+  (void)state_matrix;
   for (auto _ : state) {
-    state.PauseTiming();
-    state_matrix = tokens;
-    state.ResumeTiming();
-    kernel.layer(state_matrix);
-    benchmark::DoNotOptimize(state_matrix.data());
+    kernel.state_rows() = tokens;  // S x d copy, small next to the layer
+    kernel.step(true);
+    benchmark::DoNotOptimize(kernel.score_data());
   }
   // Useful flops: the causal halves of Y Y^T and A Y, 2 S^2 d each (multiply-add = 2 flops).
   state.counters["GFLOP/s"] = benchmark::Counter(2.0 * double(S) * double(S) * double(d),
@@ -40,8 +39,48 @@ void gaussian_inputs(benchmark::State& state) {
   }
 }
 
+// The raw normal stream: Philox4x32-10 + float Box-Muller, in chunks of 64.
+void normal_stream(benchmark::State& state) {
+  const auto n = static_cast<Eigen::Index>(state.range(0));
+  maskpos::SampleStream stream(0);
+  Eigen::ArrayXf normals(n);
+  std::uint64_t sample = 0;
+  for (auto _ : state) {
+    stream.start_sample(sample++);
+    stream.fill_normal(normals);
+    benchmark::DoNotOptimize(normals.data());
+  }
+  state.counters["ns/normal"] = benchmark::Counter(double(n), benchmark::Counter::kIsIterationInvariantRate |
+                                                                  benchmark::Counter::kInvert);
+  state.counters["ns/normal"] = benchmark::Counter(state.counters["ns/normal"] * 1e9);
+}
+
+void philox_lanes(benchmark::State& state) {
+  std::uint32_t words[4][maskpos::detail::kPhiloxLanes];
+  std::uint32_t counter = 0;
+  for (auto _ : state) {
+    maskpos::detail::philox4x32_10_lanes(1, 2, counter, 0, 3, 4, words);
+    counter += maskpos::detail::kPhiloxLanes;
+    benchmark::DoNotOptimize(words);
+  }
+}
+
+void box_muller(benchmark::State& state) {
+  std::uint32_t words[4][maskpos::detail::kPhiloxLanes];
+  maskpos::detail::philox4x32_10_lanes(1, 2, 0, 0, 3, 4, words);
+  alignas(64) float out[64];
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(words);
+    maskpos::detail::box_muller_lanes(words, out);
+    benchmark::DoNotOptimize(out);
+  }
+}
+
 }  // namespace
 
+BENCHMARK(normal_stream)->Arg(3264);
+BENCHMARK(philox_lanes);
+BENCHMARK(box_muller);
 BENCHMARK_TEMPLATE(decoder_layer, float)->Args({50, 64})->Args({256, 64})->Args({50, 512});
 BENCHMARK_TEMPLATE(decoder_layer, double)->Args({50, 64});
 BENCHMARK(gaussian_inputs)->Args({50, 64});

@@ -56,9 +56,15 @@ class MonteCarloAccumulator {
   MonteCarloAccumulator(const DecoderConfig& config, const InputSpec& inputs)
       : seq_len_(inputs.seq_len), mask_(config.mask) {
     config.validate(inputs.seq_len, inputs.dim);
-    for (Index j = 0; j < seq_len_; ++j)
-      for (Index i = 0; i < seq_len_; ++i)
-        if (mask_.visible(i, j)) visible_.emplace_back(i, j);
+    // Visible entries row by row (each row's visible keys are one contiguous range): the order in
+    // which DecoderKernel lays out its rows, so that add_layer_rows reads memory contiguously.
+    Index offset = 0;
+    for (Index i = 0; i < seq_len_; ++i) {
+      const Index begin = mask_.first_key(i), end = mask_.end_key(i, seq_len_);
+      rows_.push_back({begin, end, offset});
+      offset += end - begin;
+      for (Index j = begin; j < end; ++j) visible_.emplace_back(i, j);
+    }
     const Index n = static_cast<Index>(visible_.size());
     for (Index l = 0; l < config.layers; ++l) {
       // A-priori bound on |score| (x2 margin for rounding in the float forward pass).
@@ -67,21 +73,70 @@ class MonteCarloAccumulator {
       score_square_sum_.emplace_back(n, bound * bound);
       prob_sum_.emplace_back(n, 2.0);
     }
-    buffer_.resize(static_cast<std::size_t>(n));
   }
 
-  /// Adds the visible entries of one layer of one sample.
+  /// Adds the visible entries of one layer of one sample (S x S matrices, query rows).
   template <class Scalar>
   void add_layer(Index layer, const Matrix<Scalar>& scores, const Matrix<Scalar>& probs) {
+    // Widening to double is exact, so this adds the same bits as add_layer_rows<Scalar>.
+    score_copy_ = scores.template cast<double>();
+    prob_copy_ = probs.template cast<double>();
+    add_layer_rows<double>(layer, score_copy_.data(), prob_copy_.data(), seq_len_);
+  }
+
+  /// Adds the visible entries of one layer of one sample, given row-major storage: entry (i, j) of
+  /// the scores at scores[i row_stride + j], of the probabilities at probs[i row_stride + j].
+  ///
+  /// One fused pass per row: each value is checked against the a-priori bounds, then score, squared
+  /// score and probability are rounded to their grids and added (see detail::ExactSum). A row with
+  /// a value out of range (or NaN) takes a slow path that skips exactly those values.
+  template <class Scalar>
+  void add_layer_rows(Index layer, const Scalar* scores, const Scalar* probs, Index row_stride) {
+    constexpr double kRound = 6755399441055744.0;  // 1.5 * 2^52: (x + kRound) - kRound rounds x to an integer
     const std::size_t l = static_cast<std::size_t>(layer);
-    for (std::size_t k = 0; k < visible_.size(); ++k)
-      buffer_[k] = static_cast<double>(scores(visible_[k].first, visible_[k].second));
-    score_sum_[l].add(buffer_.data());
-    for (double& value : buffer_) value *= value;
-    score_square_sum_[l].add(buffer_.data());
-    for (std::size_t k = 0; k < visible_.size(); ++k)
-      buffer_[k] = static_cast<double>(probs(visible_[k].first, visible_[k].second));
-    prob_sum_[l].add(buffer_.data());
+    detail::ExactSum &score_sum = score_sum_[l], &square_sum = score_square_sum_[l], &prob_sum = prob_sum_[l];
+    double* const score_block = score_sum.block();
+    double* const square_block = square_sum.block();
+    double* const prob_block = prob_sum.block();
+    const double score_scale = score_sum.scale(), square_scale = square_sum.scale(), prob_scale = prob_sum.scale();
+    const double score_limit = score_sum.limit(), square_limit = square_sum.limit(), prob_limit = prob_sum.limit();
+    for (Index i = 0; i < seq_len_; ++i) {
+      const RowRange range = rows_[static_cast<std::size_t>(i)];
+      const Index n = range.end - range.begin;
+      const Scalar* score_row = scores + i * row_stride + range.begin;
+      const Scalar* prob_row = probs + i * row_stride + range.begin;
+      double* const s_out = score_block + range.offset;
+      double* const q_out = square_block + range.offset;
+      double* const p_out = prob_block + range.offset;
+      int bad = 0;
+      for (Index k = 0; k < n; ++k) {
+        const double s = static_cast<double>(score_row[k]), p = static_cast<double>(prob_row[k]);
+        bad |= static_cast<int>(!(std::fabs(s * score_scale) <= score_limit)) |
+               static_cast<int>(!(s * s * square_scale <= square_limit)) |
+               static_cast<int>(!(std::fabs(p * prob_scale) <= prob_limit));
+      }
+      if (bad == 0) {
+        for (Index k = 0; k < n; ++k) {
+          const double s = static_cast<double>(score_row[k]), p = static_cast<double>(prob_row[k]);
+          s_out[k] += (s * score_scale + kRound) - kRound;
+          q_out[k] += (s * s * square_scale + kRound) - kRound;
+          p_out[k] += (p * prob_scale + kRound) - kRound;
+        }
+        continue;
+      }
+      for (Index k = 0; k < n; ++k) {
+        const double s = static_cast<double>(score_row[k]), p = static_cast<double>(prob_row[k]);
+        if (std::fabs(s * score_scale) <= score_limit) s_out[k] += (s * score_scale + kRound) - kRound;
+        else score_sum.skip(1);
+        if (s * s * square_scale <= square_limit) q_out[k] += (s * s * square_scale + kRound) - kRound;
+        else square_sum.skip(1);
+        if (std::fabs(p * prob_scale) <= prob_limit) p_out[k] += (p * prob_scale + kRound) - kRound;
+        else prob_sum.skip(1);
+      }
+    }
+    score_sum.commit();
+    square_sum.commit();
+    prob_sum.commit();
   }
 
   /// Adds another accumulator of the same decoder and inputs. \pre compatible (else invalid_argument).
@@ -153,11 +208,15 @@ class MonteCarloAccumulator {
   }
 
  private:
+  struct RowRange {
+    Index begin, end, offset;  ///< visible keys [begin, end) of a row, stored from `offset` on
+  };
   Index seq_len_;
   Mask mask_;
-  std::vector<std::pair<Index, Index>> visible_;  ///< (query, key), column-major order
+  std::vector<RowRange> rows_;
+  std::vector<std::pair<Index, Index>> visible_;  ///< (query, key), row by row
   std::vector<detail::ExactSum> score_sum_, score_square_sum_, prob_sum_;
-  std::vector<double> buffer_;
+  Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> score_copy_, prob_copy_;  ///< add_layer only
 };
 
 /// Runs samples [first_sample, first_sample + B) and returns their (mergeable) sums.
@@ -184,17 +243,18 @@ MonteCarloAccumulator monte_carlo_accumulate(const DecoderConfig& config, const 
     try {
       InputGenerator generator(inputs, options.seed);
       detail::DecoderKernel<Scalar> kernel(config, inputs.seq_len, inputs.dim);
-      Matrix<Scalar> state;
       MonteCarloAccumulator& sums = partial[static_cast<std::size_t>(worker)];
       for (;;) {
         const std::int64_t begin = next.fetch_add(kChunk);
         if (begin >= total) break;
         const std::int64_t end = std::min(begin + kChunk, total);
         for (std::int64_t b = begin; b < end; ++b) {
-          generator.generate(options.first_sample + static_cast<std::uint64_t>(b), state);
+          generator.generate_into<Scalar>(options.first_sample + static_cast<std::uint64_t>(b),
+                                                   kernel.state_rows());
           for (Index l = 0; l < config.layers; ++l) {
-            kernel.layer(state);
-            sums.add_layer(l, kernel.scores(), kernel.probs());
+            // The last layer's output is never looked at: skip its A Y.
+            kernel.step(l + 1 < config.layers);
+            sums.add_layer_rows(l, kernel.score_data(), kernel.prob_data(), kernel.row_stride());
           }
         }
         const std::int64_t finished = done.fetch_add(end - begin) + (end - begin);

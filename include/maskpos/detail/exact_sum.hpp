@@ -74,6 +74,24 @@ class ExactSum {
     if (++pending_ == (1 << kFlushLog2)) flush();
   }
 
+  // ---- low-level interface for fused accumulation of several sums in one pass ----
+  // Add round(v scale()) to block()[k] for every entry k of one sample (after checking
+  // |v scale()| <= limit(), else count it with skip()), then call commit() once per sample.
+
+  /// The pending block of grid integers (held in doubles).
+  double* block() { return block_.data(); }
+  /// 2^q: values are multiplied by it and rounded to integers.
+  double scale() const { return scale_; }
+  /// Largest admissible |v scale()|.
+  double limit() const { return limit_; }
+  /// Records `count` values left out as out of range.
+  void skip(std::int64_t count) { out_of_range_ += count; }
+  /// Ends one addition (one sample) after its values were added to block().
+  void commit() {
+    ++count_;
+    if (++pending_ == (1 << kFlushLog2)) flush();
+  }
+
   /// Moves the pending block into the 128-bit totals.
   void flush() {
     for (std::size_t k = 0; k < block_.size(); ++k) {
