@@ -39,6 +39,61 @@ void gaussian_inputs(benchmark::State& state) {
   }
 }
 
+// All L = 4 layers of one sample in Gram space (scores + probabilities, no accumulation).
+template <class Scalar>
+void gram_sample(benchmark::State& state) {
+  const auto S = static_cast<Eigen::Index>(state.range(0)), d = static_cast<Eigen::Index>(state.range(1));
+  maskpos::DecoderConfig config;
+  maskpos::detail::DecoderKernel<Scalar> direct(config, S, d);
+  maskpos::detail::GramKernel<Scalar> gram(config, S, d);
+  maskpos::InputGenerator generator(maskpos::InputSpec::gaussian(S, d, 0.2), 0);
+  generator.generate_into<Scalar>(0, direct.state_rows());
+  for (auto _ : state) {
+    gram.load(direct.state_data(), direct.state_stride());
+    for (int l = 0; l < 4; ++l) gram.step(l < 3);
+    benchmark::DoNotOptimize(gram.score_data());
+  }
+  state.counters["GFLOP/s"] = benchmark::Counter(4 * 2.0 * double(S) * double(S) * double(d),
+                                                 benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
+}
+
+// The same sample in token space, the last layer without its A Y (as the Monte Carlo driver runs it).
+template <class Scalar>
+void direct_sample(benchmark::State& state) {
+  const auto S = static_cast<Eigen::Index>(state.range(0)), d = static_cast<Eigen::Index>(state.range(1));
+  maskpos::DecoderConfig config;
+  maskpos::detail::DecoderKernel<Scalar> direct(config, S, d);
+  maskpos::InputGenerator generator(maskpos::InputSpec::gaussian(S, d, 0.2), 0);
+  maskpos::Matrix<Scalar> tokens;
+  generator.generate(0, tokens);
+  for (auto _ : state) {
+    direct.state_rows() = tokens;
+    for (int l = 0; l < 4; ++l) direct.step(l < 3);
+    benchmark::DoNotOptimize(direct.score_data());
+  }
+  state.counters["GFLOP/s"] = benchmark::Counter(4 * 2.0 * double(S) * double(S) * double(d),
+                                                 benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
+}
+
+// Exact accumulation of one layer's scores, squared scores and probabilities (S (S+1) / 2 entries).
+void accumulate_layer(benchmark::State& state) {
+  const auto S = static_cast<Eigen::Index>(state.range(0));
+  maskpos::DecoderConfig config;
+  const auto inputs = maskpos::InputSpec::gaussian(S, 64, 0.2);
+  maskpos::detail::DecoderKernel<float> kernel(config, S, 64);
+  maskpos::InputGenerator generator(inputs, 0);
+  generator.generate_into<float>(0, kernel.state_rows());
+  kernel.step(false);
+  maskpos::MonteCarloAccumulator sums(config, inputs);
+  for (auto _ : state) {
+    sums.add_layer_rows(0, kernel.score_data(), kernel.prob_data(), kernel.row_stride());
+    benchmark::ClobberMemory();
+  }
+  state.counters["ns/entry"] = benchmark::Counter(double(S * (S + 1) / 2), benchmark::Counter::kIsIterationInvariantRate |
+                                                                              benchmark::Counter::kInvert);
+  state.counters["ns/entry"] = benchmark::Counter(state.counters["ns/entry"] * 1e9);
+}
+
 // The raw normal stream: Philox4x32-10 + float Box-Muller, in chunks of 64.
 void normal_stream(benchmark::State& state) {
   const auto n = static_cast<Eigen::Index>(state.range(0));
@@ -78,6 +133,9 @@ void box_muller(benchmark::State& state) {
 
 }  // namespace
 
+BENCHMARK_TEMPLATE(gram_sample, float)->Args({50, 64});
+BENCHMARK_TEMPLATE(direct_sample, float)->Args({50, 64});
+BENCHMARK(accumulate_layer)->Arg(50);
 BENCHMARK(normal_stream)->Arg(3264);
 BENCHMARK(philox_lanes);
 BENCHMARK(box_muller);

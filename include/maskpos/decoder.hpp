@@ -99,8 +99,9 @@ namespace detail {
 ///
 /// Internally every matrix is row-major and padded (rows to a multiple of the row block and of the
 /// SIMD packet, columns to a multiple of the packet), padding kept at zero:
-/// - scores: for each block of kRows queries, only the key packets that hold a visible key of the
-///   block are computed (for the causal mask, the blocks on and below the diagonal);
+/// - scores: for each block of kRows queries, only the keys visible to some query of the block are
+///   computed, as register tiles of dot products (for the causal mask: the lower triangle plus the
+///   small triangles above the diagonal inside each block);
 /// - the softmax runs over each row's contiguous visible range (contiguous memory, vectorised exp);
 /// - the update A Y runs over each row block's visible key range only, fused with the residual add.
 /// Only visible entries of scores() are meaningful; probs() is 0 on masked entries.
@@ -125,7 +126,6 @@ class DecoderKernel {
     }
     state_.setZero(rows_, cols_);
     normalized_.setZero(rows_, cols_);
-    transposed_.setZero(cols_, rows_);
     score_rows_.setZero(rows_, rows_);
     prob_rows_.setZero(rows_, rows_);
     key_begin_.resize(static_cast<std::size_t>(seq_len));
@@ -178,15 +178,14 @@ class DecoderKernel {
       rope_->apply(rotated_.topLeftCorner(seq_len_, dim_));
       query = &rotated_;
     }
-    constexpr Index P = packet_size<Scalar>();
-    transpose_packets<Scalar>(query->data(), cols_, rows_, cols_, transposed_.data(), rows_);
     for (Index first = 0; first < seq_len_; first += kRows) {
       const auto [begin, end] = block_keys(first);
-      strip_product<Scalar, kRows, false>(query->data() + first * cols_, cols_, transposed_.data(), rows_, dim_,
-                                          score_rows_.data() + first * rows_, rows_, begin / P, (end + P - 1) / P);
+      dot_strip<Scalar, kRows>(query->data() + first * cols_, cols_, query->data(), cols_, cols_,
+                               score_rows_.data() + first * rows_, rows_, begin, end);
     }
     softmax();
     if (!update_state) return;
+    constexpr Index P = packet_size<Scalar>();
     for (Index first = 0; first < seq_len_; first += kRows) {
       const auto [begin, end] = block_keys(first);
       const Scalar* probs = prob_rows_.data() + first * rows_ + begin;
@@ -198,6 +197,10 @@ class DecoderKernel {
         strip_product<Scalar, kRows, false>(probs, rows_, values, cols_, end - begin, out, cols_, 0, cols_ / P);
     }
   }
+
+  /// Row i of the state starts at state_data() + i state_stride(); rows and columns beyond S x d are zero.
+  const Scalar* state_data() const { return state_.data(); }
+  Index state_stride() const { return cols_; }
 
   /// Row i of the last scores starts at score_data() + i row_stride() (entries of visible keys valid).
   const Scalar* score_data() const { return score_rows_.data(); }
@@ -243,26 +246,16 @@ class DecoderKernel {
     }
   }
 
-  /// Scales the visible scores and writes the row softmax over visible keys into prob_rows_.
-  /// Subtracting the row maximum keeps exp() in (0, 1]: no overflow for any score scale.
   void softmax() {
-    using Row = Eigen::Map<Eigen::Array<Scalar, 1, Eigen::Dynamic>>;
-    for (Index i = 0; i < seq_len_; ++i) {
-      const Index begin = key_begin_[static_cast<std::size_t>(i)], end = key_end_[static_cast<std::size_t>(i)];
-      Row scores(score_rows_.data() + i * rows_ + begin, end - begin);
-      Row probs(prob_rows_.data() + i * rows_ + begin, end - begin);
-      if (scale_ != Scalar(1)) scores *= scale_;
-      const Scalar row_max = scores.maxCoeff();
-      probs = (scores - row_max).exp();
-      probs *= Scalar(1) / probs.sum();
-    }
+    masked_softmax_rows<Scalar>(score_rows_.data(), prob_rows_.data(), rows_, seq_len_, key_begin_.data(),
+                                key_end_.data(), scale_);
   }
 
   DecoderConfig config_;
   Index seq_len_, dim_, rows_ = 0, cols_ = 0;
   Scalar scale_;
   std::optional<RotaryEmbedding<Scalar>> rope_;
-  RowMatrix state_, normalized_, rotated_, transposed_, score_rows_, prob_rows_;
+  RowMatrix state_, normalized_, rotated_, score_rows_, prob_rows_;
   std::vector<Index> key_begin_, key_end_;
   mutable Matrix<Scalar> scores_cache_, probs_cache_;
   mutable bool scores_cached_ = false, probs_cached_ = false;

@@ -14,6 +14,7 @@
 #include <functional>
 #include <limits>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -21,10 +22,18 @@
 #include "decoder.hpp"
 #include "detail/errors.hpp"
 #include "detail/exact_sum.hpp"
+#include "detail/gram_kernel.hpp"
 #include "inputs.hpp"
 #include "types.hpp"
 
 namespace maskpos {
+
+/// How the Monte Carlo driver propagates each sequence (the results agree up to rounding).
+enum class MonteCarloPath {
+  Auto,    ///< Gram when there is no RoPE and d > 2S/3, else Direct
+  Direct,  ///< token space: S^2 d work per layer (detail::DecoderKernel)
+  Gram     ///< Gram space: about 2 S^3 / 3 per layer (detail::GramKernel); \pre no RoPE
+};
 
 /// How many samples to draw, from which seed, on how many threads.
 struct MonteCarloOptions {
@@ -32,6 +41,7 @@ struct MonteCarloOptions {
   std::uint64_t seed = 0;
   std::uint64_t first_sample = 0;  ///< the run covers samples [first_sample, first_sample + B)
   int threads = 0;                 ///< 0: all hardware threads; \pre threads >= 0
+  MonteCarloPath path = MonteCarloPath::Auto;
   /// Called from the calling thread with (samples done, samples in total); may be empty.
   std::function<void(std::int64_t, std::int64_t)> progress;
 };
@@ -233,6 +243,11 @@ MonteCarloAccumulator monte_carlo_accumulate(const DecoderConfig& config, const 
   const int hardware = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   const int threads = static_cast<int>(std::min<std::int64_t>(options.threads == 0 ? hardware : options.threads,
                                                               options.samples));
+  // Gram-space propagation (NOTES Sec. 5) when it does less work: no RoPE and d > 2S/3.
+  const bool use_gram = options.path == MonteCarloPath::Gram ||
+                        (options.path == MonteCarloPath::Auto &&
+                         detail::GramKernel<Scalar>::preferred(config, inputs.seq_len, inputs.dim));
+  detail::require(!(use_gram && config.rope), "Monte Carlo path", "gram", "no RoPE (use Auto or Direct)");
   constexpr std::int64_t kChunk = 32;
   const std::int64_t total = options.samples;
   std::atomic<std::int64_t> next{0}, done{0};
@@ -242,8 +257,11 @@ MonteCarloAccumulator monte_carlo_accumulate(const DecoderConfig& config, const 
   auto work = [&](int worker) {
     try {
       InputGenerator generator(inputs, options.seed);
-      detail::DecoderKernel<Scalar> kernel(config, inputs.seq_len, inputs.dim);
       MonteCarloAccumulator& sums = partial[static_cast<std::size_t>(worker)];
+      // Both kernels start from tokens in the direct kernel's padded row-major state.
+      detail::DecoderKernel<Scalar> kernel(config, inputs.seq_len, inputs.dim);
+      std::optional<detail::GramKernel<Scalar>> gram;
+      if (use_gram) gram.emplace(config, inputs.seq_len, inputs.dim);
       for (;;) {
         const std::int64_t begin = next.fetch_add(kChunk);
         if (begin >= total) break;
@@ -251,6 +269,14 @@ MonteCarloAccumulator monte_carlo_accumulate(const DecoderConfig& config, const 
         for (std::int64_t b = begin; b < end; ++b) {
           generator.generate_into<Scalar>(options.first_sample + static_cast<std::uint64_t>(b),
                                                    kernel.state_rows());
+          if (gram) {
+            gram->load(kernel.state_data(), kernel.state_stride());
+            for (Index l = 0; l < config.layers; ++l) {
+              gram->step(l + 1 < config.layers);
+              sums.add_layer_rows(l, gram->score_data(), gram->prob_data(), gram->row_stride());
+            }
+            continue;
+          }
           for (Index l = 0; l < config.layers; ++l) {
             // The last layer's output is never looked at: skip its A Y.
             kernel.step(l + 1 < config.layers);

@@ -170,13 +170,13 @@ class SampleStream {
   /// Writes the next n standard normals of the stream to out[0..n).
   void fill_normal(float* out, Index n) {
     Index done = std::min(n, buffered_);
-    std::copy(buffer_ + (kChunk - buffered_), buffer_ + (kChunk - buffered_) + done, out);
+    for (Index k = 0; k < done; ++k) out[k] = buffer_[kChunk - buffered_ + k];
     buffered_ -= done;
     for (; n - done >= kChunk; done += kChunk) next_chunk(out + done);
     if (done < n) {
       next_chunk(buffer_);
       const Index rest = n - done;
-      std::copy(buffer_, buffer_ + rest, out + done);
+      for (Index k = 0; k < rest; ++k) out[done + k] = buffer_[k];
       buffered_ = kChunk - rest;
     }
   }
@@ -196,8 +196,8 @@ class SampleStream {
 
  private:
   void next_chunk(float* out) {
-    detail::require(chunk_ < (std::uint32_t{1} << 28), "normals drawn for one sample", chunk_,
-                    "fewer than 2^34 per sample");
+    if (chunk_ >= (std::uint32_t{1} << 28))
+      detail::throw_invalid("normals drawn for one sample", chunk_, "fewer than 2^34 per sample");
     std::uint32_t words[4][detail::kPhiloxLanes];
     detail::philox4x32_10_lanes(static_cast<std::uint32_t>(sample_), static_cast<std::uint32_t>(sample_ >> 32),
                                 chunk_ * detail::kPhiloxLanes, 0u, key0_, key1_, words);

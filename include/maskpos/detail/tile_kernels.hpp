@@ -9,6 +9,13 @@
 
 #include <Eigen/Core>
 
+#include <limits>
+#include <type_traits>
+
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
+
 namespace maskpos::detail {
 
 /// The SIMD packet of Scalar that Eigen uses in this build (a scalar when there is no SIMD).
@@ -62,6 +69,111 @@ inline void strip_product(const Scalar* a, Eigen::Index a_stride, const Scalar* 
     tile_product<Scalar, Rows, 2, Accumulate>(a, a_stride, b + c * P, b_stride, depth, out + c * P, out_stride);
   else if (end_packet - c == 1)
     tile_product<Scalar, Rows, 1, Accumulate>(a, a_stride, b + c * P, b_stride, depth, out + c * P, out_stride);
+}
+
+/// Horizontal sums of Count (<= 4) packets: sums[c] = sum of the lanes of acc[c].
+template <class Scalar, int Count>
+inline void reduce_packets(const PacketOf<Scalar> (&acc)[Count], Scalar* sums) {
+#if defined(__AVX__) && !defined(__AVX512F__)
+  if constexpr (std::is_same_v<Scalar, float> && Count >= 3) {
+    // hadd twice gives [s0, s1, s2, s3] in each 128-bit half (lanes 0-3 and 4-7): add the halves.
+    const __m256 h01 = _mm256_hadd_ps(acc[0], acc[1]);
+    const __m256 h23 = _mm256_hadd_ps(acc[2], Count == 4 ? acc[Count - 1] : acc[2]);
+    const __m256 h = _mm256_hadd_ps(h01, h23);
+    const __m128 total = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    alignas(16) float out[4];
+    _mm_store_ps(out, total);
+    for (int c = 0; c < Count; ++c) sums[c] = out[c];
+    return;
+  }
+  if constexpr (std::is_same_v<Scalar, double> && Count >= 3) {
+    const __m256d h01 = _mm256_hadd_pd(acc[0], acc[1]);                             // [a01 b01 a23 b23]
+    const __m256d h23 = _mm256_hadd_pd(acc[2], Count == 4 ? acc[Count - 1] : acc[2]);  // [c01 d01 c23 d23]
+    const __m256d total = _mm256_add_pd(_mm256_permute2f128_pd(h01, h23, 0x20), _mm256_permute2f128_pd(h01, h23, 0x31));
+    alignas(32) double out[4];
+    _mm256_store_pd(out, total);
+    for (int c = 0; c < Count; ++c) sums[c] = out[c];
+    return;
+  }
+#endif
+  for (int c = 0; c < Count; ++c) sums[c] = Eigen::internal::predux(acc[c]);
+}
+
+/// out[r out_stride + c] = sum_{k < depth} a[r a_stride + k] b[c b_stride + k] for r < Rows, c < Keys:
+/// a Rows x Keys tile of A B^T with both operands row-major (dot products along the rows, no
+/// transpose needed). depth is a multiple of the packet size.
+template <class Scalar, int Rows, int Keys>
+inline void dot_tile(const Scalar* a, Eigen::Index a_stride, const Scalar* b, Eigen::Index b_stride,
+                     Eigen::Index depth, Scalar* out, Eigen::Index out_stride) {
+  using namespace Eigen::internal;
+  using Packet = PacketOf<Scalar>;
+  constexpr int P = packet_size<Scalar>();
+  Packet acc[Rows][Keys];
+  for (int r = 0; r < Rows; ++r)
+    for (int c = 0; c < Keys; ++c) acc[r][c] = pset1<Packet>(Scalar(0));
+  for (Eigen::Index k = 0; k < depth; k += P) {
+    Packet bk[Keys];
+    for (int c = 0; c < Keys; ++c) bk[c] = ploadu<Packet>(b + c * b_stride + k);
+    for (int r = 0; r < Rows; ++r) {
+      const Packet ar = ploadu<Packet>(a + r * a_stride + k);
+      for (int c = 0; c < Keys; ++c) acc[r][c] = pmadd(ar, bk[c], acc[r][c]);
+    }
+  }
+  for (int r = 0; r < Rows; ++r) reduce_packets<Scalar, Keys>(acc[r], out + r * out_stride);
+}
+
+/// The Rows x [begin, end) strip of A B^T (see dot_tile), in tiles of 3 keys.
+template <class Scalar, int Rows>
+inline void dot_strip(const Scalar* a, Eigen::Index a_stride, const Scalar* b, Eigen::Index b_stride,
+                      Eigen::Index depth, Scalar* out, Eigen::Index out_stride, Eigen::Index begin, Eigen::Index end) {
+  Eigen::Index j = begin;
+  for (; end - j >= 3; j += 3) dot_tile<Scalar, Rows, 3>(a, a_stride, b + j * b_stride, b_stride, depth, out + j, out_stride);
+  if (end - j == 2) dot_tile<Scalar, Rows, 2>(a, a_stride, b + j * b_stride, b_stride, depth, out + j, out_stride);
+  else if (end - j == 1) dot_tile<Scalar, Rows, 1>(a, a_stride, b + j * b_stride, b_stride, depth, out + j, out_stride);
+}
+
+/// Row softmax over each row's visible keys [key_begin[i], key_end[i]) of the scores of rows
+/// i < rows (row i at scores + i stride, aligned; stride a multiple of the packet size): scales the
+/// visible scores by `scale` in place and writes the probabilities (0 on masked keys) to probs.
+/// Subtracting the row maximum keeps exp() in (0, 1]: no overflow for any score scale.
+/// Works on whole aligned packets: the masked lanes of the first and last packet get the lowest
+/// score before the maximum and probability 0 before the sum (they are outside the visible range,
+/// where scores are undefined anyway).
+template <class Scalar>
+inline void masked_softmax_rows(Scalar* score_rows, Scalar* prob_rows, Eigen::Index stride, Eigen::Index rows,
+                                const Eigen::Index* key_begin, const Eigen::Index* key_end, Scalar scale_factor) {
+  using namespace Eigen::internal;
+  using Packet = PacketOf<Scalar>;
+  constexpr Eigen::Index P = packet_size<Scalar>();
+  const Packet scale = pset1<Packet>(scale_factor);
+  const Scalar lowest = std::numeric_limits<Scalar>::lowest();
+  for (Eigen::Index i = 0; i < rows; ++i) {
+    const Eigen::Index begin = key_begin[i], end = key_end[i];
+    const Eigen::Index first = begin / P * P, last = round_up(end, P);
+    Scalar* scores = score_rows + i * stride;
+    Scalar* probs = prob_rows + i * stride;
+    for (Eigen::Index j = first; j < begin; ++j) scores[j] = lowest;
+    for (Eigen::Index j = end; j < last; ++j) scores[j] = lowest;
+    Packet row_max = pset1<Packet>(lowest);
+    for (Eigen::Index j = first; j < last; j += P) {
+      const Packet x = pmul(pload<Packet>(scores + j), scale);
+      pstore(scores + j, x);
+      row_max = pmax(row_max, x);
+    }
+    const Packet shift = pset1<Packet>(predux_max(row_max));
+    Packet total = pset1<Packet>(Scalar(0));
+    for (Eigen::Index j = first; j < last; j += P) {
+      const Packet e = pexp(psub(pload<Packet>(scores + j), shift));
+      pstore(probs + j, e);
+      total = padd(total, e);
+    }
+    // The masked lanes added exp(lowest - max), which exp() clamps to about 1e-38 (float) or 1e-308
+    // (double): below half an ulp of the total, which is >= 1 (the maximum contributes exp(0)).
+    for (Eigen::Index j = first; j < begin; ++j) probs[j] = Scalar(0);
+    for (Eigen::Index j = end; j < last; ++j) probs[j] = Scalar(0);
+    const Packet inv_total = pset1<Packet>(Scalar(1) / predux(total));
+    for (Eigen::Index j = first; j < last; j += P) pstore(probs + j, pmul(pload<Packet>(probs + j), inv_total));
+  }
 }
 
 /// to[k to_stride + j] = from[j from_stride + k] for j < rows, k < cols; rows and cols multiples of
