@@ -120,10 +120,15 @@ class DecoderKernel {
     constexpr Index P = packet_size<Scalar>();
     rows_ = round_up(seq_len, std::max<Index>(kRows, P));
     cols_ = round_up(dim, P);
+    double rope_factor = 1.0;
     if (config_.rope) {
       rope_.emplace(*config_.rope, dim, seq_len);
       rotated_.setZero(rows_, cols_);
+      rope_factor = rope_->frequencies().attention_factor;
     }
+    shift_ = static_cast<Scalar>(softmax_shift(config_.norm == Norm::L2,
+                                               config_.norm == Norm::LayerNorm || config_.norm == Norm::RMSNorm,
+                                               config_.scale.factor(dim), rope_factor, dim));
     state_.setZero(rows_, cols_);
     normalized_.setZero(rows_, cols_);
     score_rows_.setZero(rows_, rows_);
@@ -248,12 +253,12 @@ class DecoderKernel {
 
   void softmax() {
     masked_softmax_rows<Scalar>(score_rows_.data(), prob_rows_.data(), rows_, seq_len_, key_begin_.data(),
-                                key_end_.data(), scale_);
+                                key_end_.data(), scale_, shift_);
   }
 
   DecoderConfig config_;
   Index seq_len_, dim_, rows_ = 0, cols_ = 0;
-  Scalar scale_;
+  Scalar scale_, shift_;
   std::optional<RotaryEmbedding<Scalar>> rope_;
   RowMatrix state_, normalized_, rotated_, score_rows_, prob_rows_;
   std::vector<Index> key_begin_, key_end_;

@@ -122,12 +122,18 @@ class InputGenerator {
       const Scalar lambda = static_cast<Scalar>(std::sqrt(spec_.alpha / (1.0 - spec_.alpha)));
       Eigen::Array<Scalar, 1, Eigen::Dynamic>& shared_scaled = shared_scaled_<Scalar>();
       Eigen::Array<Scalar, 1, Eigen::Dynamic>& row = row_<Scalar>();
+      auto& rows = rows_<Scalar>();
       shared_scaled = lambda * shared.template cast<Scalar>();
+      rows.resize(S, d);
+      // Contiguous rows; Eigen's packet reductions for |r|^2 (a plain loop's float sum would not be
+      // vectorised without -ffast-math): x = r / |r|, r = z_i + lambda c.
       for (Index i = 0; i < S; ++i) {
         row = Eigen::Map<const Eigen::Array<float, 1, Eigen::Dynamic>>(normals_.data() + (i + 1) * d, d)
                   .template cast<Scalar>() + shared_scaled;
-        tokens.row(i) = (row / std::sqrt(row.square().sum())).matrix();
+        const Scalar inv_length = Scalar(1) / std::sqrt(row.square().sum());
+        Eigen::Map<Eigen::Array<Scalar, 1, Eigen::Dynamic>>(rows.data() + i * d, d) = row * inv_length;
       }
+      tokens = rows;
       return;
     }
     // Orthonormal: the Q factor of a d x S Gaussian matrix, with the signs fixed by R's diagonal,
@@ -150,8 +156,15 @@ class InputGenerator {
   }
   template <class Scalar>
   Eigen::Array<Scalar, 1, Eigen::Dynamic>& row_() {
+    row_f_.resize(spec_.dim);
+    row_d_.resize(spec_.dim);
     if constexpr (std::is_same_v<Scalar, float>) return row_f_;
     else return row_d_;
+  }
+  template <class Scalar>
+  Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>& rows_() {
+    if constexpr (std::is_same_v<Scalar, float>) return rows_f_;
+    else return rows_d_;
   }
 
   InputSpec spec_;
@@ -159,6 +172,8 @@ class InputGenerator {
   Eigen::ArrayXf normals_;
   Eigen::Array<float, 1, Eigen::Dynamic> shared_scaled_f_, row_f_;
   Eigen::Array<double, 1, Eigen::Dynamic> shared_scaled_d_, row_d_;
+  Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> rows_f_;
+  Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> rows_d_;
   Matrix<double> frame_, basis_;
   Eigen::HouseholderQR<Matrix<double>> qr_;
 };

@@ -6,6 +6,10 @@
 
 #include <Eigen/Core>
 
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -16,6 +20,7 @@
 #include <mutex>
 #include <optional>
 #include <thread>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -27,6 +32,8 @@
 #include "types.hpp"
 
 namespace maskpos {
+
+using detail::SumGrid;
 
 /// How the Monte Carlo driver propagates each sequence (the results agree up to rounding).
 enum class MonteCarloPath {
@@ -63,7 +70,10 @@ struct MonteCarloResult {
 /// identical results (see detail::ExactSum). Thread safety: one accumulator per thread.
 class MonteCarloAccumulator {
  public:
-  MonteCarloAccumulator(const DecoderConfig& config, const InputSpec& inputs)
+  /// \param grid  how finely each value is rounded before the exact sums (see detail::SumGrid):
+  ///               monte_carlo_accumulate uses SumGrid::Float for float runs, SumGrid::Double for
+  ///               double runs. Only accumulators with the same grid can be merged.
+  MonteCarloAccumulator(const DecoderConfig& config, const InputSpec& inputs, SumGrid grid = SumGrid::Double)
       : seq_len_(inputs.seq_len), mask_(config.mask) {
     config.validate(inputs.seq_len, inputs.dim);
     // Visible entries row by row (each row's visible keys are one contiguous range): the order in
@@ -79,19 +89,21 @@ class MonteCarloAccumulator {
     for (Index l = 0; l < config.layers; ++l) {
       // A-priori bound on |score| (x2 margin for rounding in the float forward pass).
       const double bound = 2.0 * score_bound(config, inputs, l);
-      score_sum_.emplace_back(n, bound);
-      score_square_sum_.emplace_back(n, bound * bound);
-      prob_sum_.emplace_back(n, 2.0);
+      score_sum_.emplace_back(n, bound, grid);
+      score_square_sum_.emplace_back(n, bound * bound, grid);
+      prob_sum_.emplace_back(n, 2.0, grid);
     }
   }
 
   /// Adds the visible entries of one layer of one sample (S x S matrices, query rows).
   template <class Scalar>
   void add_layer(Index layer, const Matrix<Scalar>& scores, const Matrix<Scalar>& probs) {
-    // Widening to double is exact, so this adds the same bits as add_layer_rows<Scalar>.
-    score_copy_ = scores.template cast<double>();
-    prob_copy_ = probs.template cast<double>();
-    add_layer_rows<double>(layer, score_copy_.data(), prob_copy_.data(), seq_len_);
+    // A row-major copy: the same bits as add_layer_rows<Scalar> on the kernel's rows.
+    auto& score_copy = copy_buffer<Scalar>(0);
+    auto& prob_copy = copy_buffer<Scalar>(1);
+    score_copy = scores;
+    prob_copy = probs;
+    add_layer_rows<Scalar>(layer, score_copy.data(), prob_copy.data(), seq_len_);
   }
 
   /// Adds the visible entries of one layer of one sample, given row-major storage: entry (i, j) of
@@ -102,46 +114,24 @@ class MonteCarloAccumulator {
   /// a value out of range (or NaN) takes a slow path that skips exactly those values.
   template <class Scalar>
   void add_layer_rows(Index layer, const Scalar* scores, const Scalar* probs, Index row_stride) {
-    constexpr double kRound = 6755399441055744.0;  // 1.5 * 2^52: (x + kRound) - kRound rounds x to an integer
     const std::size_t l = static_cast<std::size_t>(layer);
     detail::ExactSum &score_sum = score_sum_[l], &square_sum = score_square_sum_[l], &prob_sum = prob_sum_[l];
-    double* const score_block = score_sum.block();
-    double* const square_block = square_sum.block();
-    double* const prob_block = prob_sum.block();
-    const double score_scale = score_sum.scale(), square_scale = square_sum.scale(), prob_scale = prob_sum.scale();
-    const double score_limit = score_sum.limit(), square_limit = square_sum.limit(), prob_limit = prob_sum.limit();
     for (Index i = 0; i < seq_len_; ++i) {
       const RowRange range = rows_[static_cast<std::size_t>(i)];
-      const Index n = range.end - range.begin;
       const Scalar* score_row = scores + i * row_stride + range.begin;
       const Scalar* prob_row = probs + i * row_stride + range.begin;
-      double* const s_out = score_block + range.offset;
-      double* const q_out = square_block + range.offset;
-      double* const p_out = prob_block + range.offset;
-      int bad = 0;
-      for (Index k = 0; k < n; ++k) {
-        const double s = static_cast<double>(score_row[k]), p = static_cast<double>(prob_row[k]);
-        bad |= static_cast<int>(!(std::fabs(s * score_scale) <= score_limit)) |
-               static_cast<int>(!(s * s * square_scale <= square_limit)) |
-               static_cast<int>(!(std::fabs(p * prob_scale) <= prob_limit));
-      }
-      if (bad == 0) {
+      const Index n = range.end - range.begin;
+      if (score_sum.grid() == SumGrid::Double) {
+        add_row_double(score_row, prob_row, n, range.offset, score_sum, square_sum, prob_sum);
+      } else if constexpr (std::is_same_v<Scalar, float>) {
+        add_row_float(score_row, prob_row, n, range.offset, score_sum, square_sum, prob_sum);
+      } else {
         for (Index k = 0; k < n; ++k) {
-          const double s = static_cast<double>(score_row[k]), p = static_cast<double>(prob_row[k]);
-          s_out[k] += (s * score_scale + kRound) - kRound;
-          q_out[k] += (s * s * square_scale + kRound) - kRound;
-          p_out[k] += (p * prob_scale + kRound) - kRound;
+          const double s = static_cast<double>(score_row[k]);
+          add_checked(score_sum, range.offset + k, s);
+          add_checked(square_sum, range.offset + k, s * s);
+          add_checked(prob_sum, range.offset + k, static_cast<double>(prob_row[k]));
         }
-        continue;
-      }
-      for (Index k = 0; k < n; ++k) {
-        const double s = static_cast<double>(score_row[k]), p = static_cast<double>(prob_row[k]);
-        if (std::fabs(s * score_scale) <= score_limit) s_out[k] += (s * score_scale + kRound) - kRound;
-        else score_sum.skip(1);
-        if (s * s * square_scale <= square_limit) q_out[k] += (s * s * square_scale + kRound) - kRound;
-        else square_sum.skip(1);
-        if (std::fabs(p * prob_scale) <= prob_limit) p_out[k] += (p * prob_scale + kRound) - kRound;
-        else prob_sum.skip(1);
       }
     }
     score_sum.commit();
@@ -218,6 +208,97 @@ class MonteCarloAccumulator {
   }
 
  private:
+  static void add_checked(detail::ExactSum& sum, Index k, double value) {
+    const double scaled = value * sum.scale();
+    if (std::fabs(scaled) <= sum.limit()) sum.add_integer(static_cast<std::size_t>(k), std::nearbyint(scaled));
+    else sum.skip(1);
+  }
+
+  /// Double grid: score, squared score (exact in double for float scores) and probability are
+  /// rounded with the 1.5 * 2^52 trick and added to the double blocks. A row with a value out of
+  /// range (or NaN) takes a slow path that skips exactly those values.
+  template <class Scalar>
+  static void add_row_double(const Scalar* score_row, const Scalar* prob_row, Index n, Index offset,
+                             detail::ExactSum& score_sum, detail::ExactSum& square_sum, detail::ExactSum& prob_sum) {
+    constexpr double kRound = 6755399441055744.0;  // 1.5 * 2^52: (x + kRound) - kRound rounds x to an integer
+    double* const s_out = score_sum.block() + offset;
+    double* const q_out = square_sum.block() + offset;
+    double* const p_out = prob_sum.block() + offset;
+    const double score_scale = score_sum.scale(), square_scale = square_sum.scale(), prob_scale = prob_sum.scale();
+    const double score_limit = score_sum.limit(), square_limit = square_sum.limit(), prob_limit = prob_sum.limit();
+    int bad = 0;
+    for (Index k = 0; k < n; ++k) {
+      const double s = static_cast<double>(score_row[k]), p = static_cast<double>(prob_row[k]);
+      bad |= static_cast<int>(!(std::fabs(s * score_scale) <= score_limit)) |
+             static_cast<int>(!(s * s * square_scale <= square_limit)) |
+             static_cast<int>(!(std::fabs(p * prob_scale) <= prob_limit));
+    }
+    if (bad == 0) {
+      for (Index k = 0; k < n; ++k) {
+        const double s = static_cast<double>(score_row[k]), p = static_cast<double>(prob_row[k]);
+        s_out[k] += (s * score_scale + kRound) - kRound;
+        q_out[k] += (s * s * square_scale + kRound) - kRound;
+        p_out[k] += (p * prob_scale + kRound) - kRound;
+      }
+      return;
+    }
+    for (Index k = 0; k < n; ++k) {
+      const double s = static_cast<double>(score_row[k]);
+      add_checked(score_sum, offset + k, s);
+      add_checked(square_sum, offset + k, s * s);
+      add_checked(prob_sum, offset + k, static_cast<double>(prob_row[k]));
+    }
+  }
+
+  /// Float grid for float values: v 2^q is exact in float (a power-of-two scale) and rounded to the
+  /// nearest int32 (ties to even; with AVX2 eight at a time), the squared score is the float product
+  /// s * s. Values out of range (or NaN) are skipped one by one.
+  static void add_row_float(const float* score_row, const float* prob_row, Index n, Index offset,
+                            detail::ExactSum& score_sum, detail::ExactSum& square_sum, detail::ExactSum& prob_sum) {
+    std::int32_t* const s_out = score_sum.block32() + offset;
+    std::int32_t* const q_out = square_sum.block32() + offset;
+    std::int32_t* const p_out = prob_sum.block32() + offset;
+    const float score_scale = static_cast<float>(score_sum.scale()), square_scale = static_cast<float>(square_sum.scale()),
+                prob_scale = static_cast<float>(prob_sum.scale());
+    const float limit = static_cast<float>(score_sum.limit());  // 2^27 for every Float-grid sum
+    Index k = 0;
+#if defined(__AVX2__)
+    const __m256 scale_s = _mm256_set1_ps(score_scale), scale_q = _mm256_set1_ps(square_scale),
+                 scale_p = _mm256_set1_ps(prob_scale), bound = _mm256_set1_ps(limit);
+    const __m256 magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for (; k < n; k += 8) {
+      // The last packet of a row loads only its n - k valid lanes (the others read as 0 and add 0
+      // to the next entries of the block, or to its 8 spare entries).
+      const __m256i valid = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(std::min<Index>(n - k, 8))), lanes);
+      const __m256 s = _mm256_maskload_ps(score_row + k, valid), p = _mm256_maskload_ps(prob_row + k, valid);
+      const __m256 qs = _mm256_mul_ps(s, scale_s), qq = _mm256_mul_ps(_mm256_mul_ps(s, s), scale_q),
+                   qp = _mm256_mul_ps(p, scale_p);
+      const __m256 ok = _mm256_and_ps(
+          _mm256_and_ps(_mm256_cmp_ps(_mm256_and_ps(qs, magnitude), bound, _CMP_LE_OQ), _mm256_cmp_ps(qq, bound, _CMP_LE_OQ)),
+          _mm256_cmp_ps(_mm256_and_ps(qp, magnitude), bound, _CMP_LE_OQ));
+      if (_mm256_movemask_ps(ok) != 0xff) break;  // the scalar loop below handles the rest of the row
+      auto add = [](std::int32_t* out, __m256 value) {
+        __m256i* at = reinterpret_cast<__m256i*>(out);
+        _mm256_storeu_si256(at, _mm256_add_epi32(_mm256_loadu_si256(at), _mm256_cvtps_epi32(value)));
+      };
+      add(s_out + k, qs);
+      add(q_out + k, qq);
+      add(p_out + k, qp);
+    }
+#endif
+    for (; k < n; ++k) {
+      const float s = score_row[k];
+      const float qs = s * score_scale, qq = (s * s) * square_scale, qp = prob_row[k] * prob_scale;
+      if (std::fabs(qs) <= limit) s_out[k] += static_cast<std::int32_t>(std::nearbyint(qs));
+      else score_sum.skip(1);
+      if (qq <= limit) q_out[k] += static_cast<std::int32_t>(std::nearbyint(qq));
+      else square_sum.skip(1);
+      if (std::fabs(qp) <= limit) p_out[k] += static_cast<std::int32_t>(std::nearbyint(qp));
+      else prob_sum.skip(1);
+    }
+  }
+
   struct RowRange {
     Index begin, end, offset;  ///< visible keys [begin, end) of a row, stored from `offset` on
   };
@@ -226,7 +307,15 @@ class MonteCarloAccumulator {
   std::vector<RowRange> rows_;
   std::vector<std::pair<Index, Index>> visible_;  ///< (query, key), row by row
   std::vector<detail::ExactSum> score_sum_, score_square_sum_, prob_sum_;
-  Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> score_copy_, prob_copy_;  ///< add_layer only
+  template <class Scalar>
+  using RowMatrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  template <class Scalar>
+  RowMatrix<Scalar>& copy_buffer(int which) {
+    if constexpr (std::is_same_v<Scalar, float>) return float_copies_[which];
+    else return double_copies_[which];
+  }
+  RowMatrix<float> float_copies_[2];    ///< add_layer only
+  RowMatrix<double> double_copies_[2];  ///< add_layer only
 };
 
 /// Runs samples [first_sample, first_sample + B) and returns their (mergeable) sums.
@@ -251,7 +340,8 @@ MonteCarloAccumulator monte_carlo_accumulate(const DecoderConfig& config, const 
   constexpr std::int64_t kChunk = 32;
   const std::int64_t total = options.samples;
   std::atomic<std::int64_t> next{0}, done{0};
-  std::vector<MonteCarloAccumulator> partial(static_cast<std::size_t>(threads), MonteCarloAccumulator(config, inputs));
+  const SumGrid grid = std::is_same_v<Scalar, float> ? SumGrid::Float : SumGrid::Double;
+  std::vector<MonteCarloAccumulator> partial(static_cast<std::size_t>(threads), MonteCarloAccumulator(config, inputs, grid));
   std::vector<std::exception_ptr> errors(static_cast<std::size_t>(threads));
 
   auto work = [&](int worker) {

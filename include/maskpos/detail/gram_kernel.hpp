@@ -46,6 +46,9 @@ class GramKernel {
     require(!config_.rope, "rope", "set", "no RoPE for the Gram-space kernel");
     constexpr Index P = packet_size<Scalar>();
     rows_ = round_up(seq_len, std::max<Index>(kRows, P));
+    shift_ = static_cast<Scalar>(softmax_shift(config_.norm == Norm::L2,
+                                               config_.norm == Norm::LayerNorm || config_.norm == Norm::RMSNorm,
+                                               config_.scale.factor(dim), 1.0, dim));
     gram_.setZero(rows_, rows_);
     normalized_gram_.setZero(rows_, rows_);
     product_.setZero(rows_, rows_);
@@ -82,7 +85,7 @@ class GramKernel {
     Eigen::Map<RowMatrix> scores(score_rows_.data(), rows_, rows_);
     scores = normalized_gram_;
     masked_softmax_rows<Scalar>(score_rows_.data(), prob_rows_.data(), rows_, seq_len_, key_begin_.data(),
-                                key_end_.data(), scale_);
+                                key_end_.data(), scale_, shift_);
     if (!update_state) return;
     constexpr Index P = packet_size<Scalar>();
     // U = A N over each row block's visible keys.
@@ -204,7 +207,7 @@ class GramKernel {
 
   DecoderConfig config_;
   Index seq_len_, dim_, rows_ = 0;
-  Scalar scale_;
+  Scalar scale_, shift_;
   RowMatrix gram_, normalized_gram_, product_, lower_, score_rows_, prob_rows_;
   Eigen::Array<Scalar, Eigen::Dynamic, 1> row_sums_, scaling_, lengths_;
   std::vector<Index> key_begin_, key_end_;

@@ -9,6 +9,7 @@
 
 #include <Eigen/Core>
 
+#include <cmath>
 #include <limits>
 #include <type_traits>
 
@@ -34,7 +35,7 @@ inline Eigen::Index round_up(Eigen::Index n, Eigen::Index m) { return (n + m - 1
 /// for r < Rows, c < Packets: a Rows x (Packets P) tile of A B with A row-major (broadcast) and B
 /// row-major (loaded as packets). With Accumulate the tile starts from the values in `out`.
 template <class Scalar, int Rows, int Packets, bool Accumulate>
-inline void tile_product(const Scalar* a, Eigen::Index a_stride, const Scalar* b, Eigen::Index b_stride,
+EIGEN_ALWAYS_INLINE void tile_product(const Scalar* a, Eigen::Index a_stride, const Scalar* b, Eigen::Index b_stride,
                          Eigen::Index depth, Scalar* out, Eigen::Index out_stride) {
   using namespace Eigen::internal;
   using Packet = PacketOf<Scalar>;
@@ -103,7 +104,7 @@ inline void reduce_packets(const PacketOf<Scalar> (&acc)[Count], Scalar* sums) {
 /// a Rows x Keys tile of A B^T with both operands row-major (dot products along the rows, no
 /// transpose needed). depth is a multiple of the packet size.
 template <class Scalar, int Rows, int Keys>
-inline void dot_tile(const Scalar* a, Eigen::Index a_stride, const Scalar* b, Eigen::Index b_stride,
+EIGEN_ALWAYS_INLINE void dot_tile(const Scalar* a, Eigen::Index a_stride, const Scalar* b, Eigen::Index b_stride,
                      Eigen::Index depth, Scalar* out, Eigen::Index out_stride) {
   using namespace Eigen::internal;
   using Packet = PacketOf<Scalar>;
@@ -136,44 +137,84 @@ inline void dot_strip(const Scalar* a, Eigen::Index a_stride, const Scalar* b, E
 /// i < rows (row i at scores + i stride, aligned; stride a multiple of the packet size): scales the
 /// visible scores by `scale` in place and writes the probabilities (0 on masked keys) to probs.
 /// Subtracting the row maximum keeps exp() in (0, 1]: no overflow for any score scale.
-/// Works on whole aligned packets: the masked lanes of the first and last packet get the lowest
-/// score before the maximum and probability 0 before the sum (they are outside the visible range,
-/// where scores are undefined anyway).
+/// Works on whole aligned packets with lane masks: masked lanes of the first and last packet hold
+/// the lowest score (they lie outside the visible range, where scores are undefined anyway) and
+/// probability 0.
+///
+/// With a finite `fixed_shift` >= every scaled score (see softmax_shift), that constant replaces the
+/// row maximum: no maximum pass, and rows no longer wait on each other's horizontal reductions.
 template <class Scalar>
 inline void masked_softmax_rows(Scalar* score_rows, Scalar* prob_rows, Eigen::Index stride, Eigen::Index rows,
-                                const Eigen::Index* key_begin, const Eigen::Index* key_end, Scalar scale_factor) {
+                                const Eigen::Index* key_begin, const Eigen::Index* key_end, Scalar scale_factor,
+                                Scalar fixed_shift = std::numeric_limits<Scalar>::quiet_NaN()) {
   using namespace Eigen::internal;
   using Packet = PacketOf<Scalar>;
   constexpr Eigen::Index P = packet_size<Scalar>();
   const Packet scale = pset1<Packet>(scale_factor);
-  const Scalar lowest = std::numeric_limits<Scalar>::lowest();
+  const Packet lowest = pset1<Packet>(std::numeric_limits<Scalar>::lowest());
+  const Packet zero = pset1<Packet>(Scalar(0));
+  if (std::isfinite(fixed_shift)) {
+    const Packet shift = pset1<Packet>(fixed_shift), lane_step = pset1<Packet>(static_cast<Scalar>(P));
+    for (Eigen::Index i = 0; i < rows; ++i) {
+      const Eigen::Index begin = key_begin[i], end = key_end[i];
+      const Eigen::Index first = begin / P * P, last = round_up(end, P);
+      const Packet lane_begin = pset1<Packet>(static_cast<Scalar>(begin)), lane_end = pset1<Packet>(static_cast<Scalar>(end));
+      Packet lane = plset<Packet>(static_cast<Scalar>(first)), total = zero;
+      Scalar* scores = score_rows + i * stride;
+      Scalar* probs = prob_rows + i * stride;
+      for (Eigen::Index j = first; j < last; j += P, lane = padd(lane, lane_step)) {
+        const Packet visible = pand(pcmp_le(lane_begin, lane), pcmp_lt(lane, lane_end));
+        const Packet x = pmul(pload<Packet>(scores + j), scale);
+        pstore(scores + j, x);
+        const Packet e = pselect(visible, pexp(psub(x, shift)), zero);
+        pstore(probs + j, e);
+        total = padd(total, e);
+      }
+      const Packet inv_total = pset1<Packet>(Scalar(1) / predux(total));
+      for (Eigen::Index j = first; j < last; j += P) pstore(probs + j, pmul(pload<Packet>(probs + j), inv_total));
+    }
+    return;
+  }
   for (Eigen::Index i = 0; i < rows; ++i) {
     const Eigen::Index begin = key_begin[i], end = key_end[i];
     const Eigen::Index first = begin / P * P, last = round_up(end, P);
+    const Packet lane_begin = pset1<Packet>(static_cast<Scalar>(begin)), lane_end = pset1<Packet>(static_cast<Scalar>(end));
+    // Lane indices of the first packet, advanced by P per packet (no int -> float conversion in
+    // the loop: it carries a false dependency on its destination register).
+    const Packet lane_first = plset<Packet>(static_cast<Scalar>(first)), lane_step = pset1<Packet>(static_cast<Scalar>(P));
     Scalar* scores = score_rows + i * stride;
     Scalar* probs = prob_rows + i * stride;
-    for (Eigen::Index j = first; j < begin; ++j) scores[j] = lowest;
-    for (Eigen::Index j = end; j < last; ++j) scores[j] = lowest;
-    Packet row_max = pset1<Packet>(lowest);
-    for (Eigen::Index j = first; j < last; j += P) {
-      const Packet x = pmul(pload<Packet>(scores + j), scale);
+    Packet row_max = lowest, lane = lane_first;
+    for (Eigen::Index j = first; j < last; j += P, lane = padd(lane, lane_step)) {
+      const Packet visible = pand(pcmp_le(lane_begin, lane), pcmp_lt(lane, lane_end));
+      const Packet x = pselect(visible, pmul(pload<Packet>(scores + j), scale), lowest);
       pstore(scores + j, x);
       row_max = pmax(row_max, x);
     }
     const Packet shift = pset1<Packet>(predux_max(row_max));
-    Packet total = pset1<Packet>(Scalar(0));
-    for (Eigen::Index j = first; j < last; j += P) {
-      const Packet e = pexp(psub(pload<Packet>(scores + j), shift));
+    Packet total = zero;
+    lane = lane_first;
+    for (Eigen::Index j = first; j < last; j += P, lane = padd(lane, lane_step)) {
+      const Packet visible = pand(pcmp_le(lane_begin, lane), pcmp_lt(lane, lane_end));
+      const Packet e = pselect(visible, pexp(psub(pload<Packet>(scores + j), shift)), zero);
       pstore(probs + j, e);
       total = padd(total, e);
     }
-    // The masked lanes added exp(lowest - max), which exp() clamps to about 1e-38 (float) or 1e-308
-    // (double): below half an ulp of the total, which is >= 1 (the maximum contributes exp(0)).
-    for (Eigen::Index j = first; j < begin; ++j) probs[j] = Scalar(0);
-    for (Eigen::Index j = end; j < last; ++j) probs[j] = Scalar(0);
     const Packet inv_total = pset1<Packet>(Scalar(1) / predux(total));
     for (Eigen::Index j = first; j < last; j += P) pstore(probs + j, pmul(pload<Packet>(probs + j), inv_total));
   }
+}
+
+/// A constant softmax shift valid for every row of the decoder when one exists: Q = K makes the
+/// diagonal score c |q_i|^2 the largest of its row (Cauchy-Schwarz) when all rows have the same norm,
+/// which L2 (|q| = f, the RoPE attention factor), LayerNorm and RMSNorm (|q|^2 <= d f^2) give.
+/// Returns bound = c f^2 (L2) or c f^2 d, when exp(-2 bound) stays far from underflow (2 bound
+/// <= 60: exp(-60) ~ 1e-26); NaN otherwise (use the row maximum). Scores may exceed the bound by
+/// rounding: exp(s - bound) is then slightly above 1, harmless.
+inline double softmax_shift(bool unit_rows, bool width_rows, double scale, double rope_factor, Eigen::Index dim) {
+  const double gain = scale * rope_factor * rope_factor;
+  const double bound = unit_rows ? gain : width_rows ? gain * static_cast<double>(dim) : 0.0;
+  return (unit_rows || width_rows) && 2 * bound <= 60 ? bound : std::numeric_limits<double>::quiet_NaN();
 }
 
 /// to[k to_stride + j] = from[j from_stride + k] for j < rows, k < cols; rows and cols multiples of
