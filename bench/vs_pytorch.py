@@ -2,7 +2,9 @@
 """Side by side: maskpos and an independent PyTorch implementation of the same Monte Carlo simulation.
 
 Runs, in one invocation and on the same thread count:
-  1. a single-precision matrix-product rate measured here (torch.mm, float32, square matrices),
+  1. the machine's single-precision matrix-product rate on the same thread count (build/bin/sgemm_rate:
+     Eigen GEMM, one 1024^3 product per thread; torch.mm is printed too, but Debian's torch links the
+     generic reference BLAS and is far slower),
   2. the maskpos command (default: build/bin/mc_paper; e.g. --maskpos-cmd "build/bin/maskpos simulate --quiet ..."),
   3. the PyTorch simulation below (written from the paper's equations, not from maskpos),
 each of 2 and 3 as a child process under GNU time, so wall time and peak resident memory are measured
@@ -101,8 +103,16 @@ def torch_simulation(args):
             "mean_last_prev": float(mean[S - 1, S - 2])}
 
 
-def sgemm_rate(threads, n=2048, repeats=5):
-    """Single-precision matrix-product rate on `threads` threads (best of `repeats`), GFLOP/s."""
+def eigen_sgemm_rate(binary, threads):
+    """GFLOP/s of build/bin/sgemm_rate on `threads` threads (None when it is not built)."""
+    if not os.path.exists(binary):
+        return None
+    done = subprocess.run([binary, "--threads", str(threads)], stdout=subprocess.PIPE, text=True, check=True)
+    return float(done.stdout.strip())
+
+
+def torch_sgemm_rate(threads, n=2048, repeats=5):
+    """torch.mm float32 rate on `threads` threads (best of `repeats`), GFLOP/s."""
     import torch
     torch.set_num_threads(threads)
     a, b = torch.randn(n, n), torch.randn(n, n)
@@ -137,8 +147,9 @@ def main(argv):
     if not os.path.exists("/usr/bin/time"):
         sys.exit("vs_pytorch: GNU time is missing (apt-get install time, or scripts/install-deps --bench)")
     here = os.path.dirname(os.path.abspath(__file__))
+    bin_dir = os.path.join(os.path.dirname(here), "build", "bin")
     if args.maskpos_cmd is None:
-        binary = os.path.join(os.path.dirname(here), "build", "bin", "mc_paper")
+        binary = os.path.join(bin_dir, "mc_paper")
         command = [binary, "--samples", str(args.samples), "--seq-len", str(args.seq_len), "--dim", str(args.dim),
                    "--layers", str(args.layers), "--norm", args.norm, "--scale", args.scale, "--alpha", str(args.alpha),
                    "--threads", str(args.threads)]
@@ -150,11 +161,13 @@ def main(argv):
                OPENBLAS_NUM_THREADS=str(args.threads))
 
     flops = 2.0 * args.seq_len ** 2 * args.dim * args.layers * args.samples
-    rate = sgemm_rate(args.threads)
+    torch_rate = torch_sgemm_rate(args.threads)
+    rate = eigen_sgemm_rate(os.path.join(bin_dir, "sgemm_rate"), args.threads) or torch_rate
     print(f"configuration: B={args.samples} S={args.seq_len} d={args.dim} L={args.layers} norm={args.norm} "
           f"scale={args.scale} rope={args.rope or 'none'} alpha={args.alpha} threads={args.threads}")
     print(f"load average before: {os.getloadavg()[0]:.2f}")
-    print(f"measured SGEMM rate (torch.mm 2048^3 float32, {args.threads} threads, best of 5): {rate:.1f} GFLOP/s")
+    print(f"measured SGEMM rate (build/bin/sgemm_rate, Eigen, {args.threads} threads): {rate:.1f} GFLOP/s; "
+          f"torch.mm 2048^3 float32: {torch_rate:.1f} GFLOP/s")
     print(f"useful work: {flops:.3e} flop (2 S^2 d per layer and sequence)")
     print(f"maskpos command: {' '.join(map(shlex.quote, command))}")
     m_wall, m_rss, m_out = run_timed(command, env)

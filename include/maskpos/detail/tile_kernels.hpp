@@ -9,6 +9,7 @@
 
 #include <Eigen/Core>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <type_traits>
@@ -205,14 +206,14 @@ inline void masked_softmax_rows(Scalar* score_rows, Scalar* prob_rows, Eigen::In
   }
 }
 
-/// A constant softmax shift valid for every row of the decoder when one exists: Q = K makes the
-/// diagonal score c |q_i|^2 the largest of its row (Cauchy-Schwarz) when all rows have the same norm,
-/// which L2 (|q| = f, the RoPE attention factor), LayerNorm and RMSNorm (|q|^2 <= d f^2) give.
-/// Returns bound = c f^2 (L2) or c f^2 d, when exp(-2 bound) stays far from underflow (2 bound
-/// <= 60: exp(-60) ~ 1e-26); NaN otherwise (use the row maximum). Scores may exceed the bound by
-/// rounding: exp(s - bound) is then slightly above 1, harmless.
+/// A constant softmax shift valid for every row of the decoder when one exists. With Q = K,
+/// Cauchy-Schwarz bounds every score by c max_i |q_i|^2; L2 gives |y| <= 1, LayerNorm and RMSNorm
+/// |y|^2 <= d, and RoPE multiplies the rotated coordinates by the attention factor f (so |q|^2 <=
+/// max(1, f^2) |y|^2). Returns that bound when exp(-2 bound) stays far from underflow (2 bound <= 60:
+/// exp(-60) ~ 1e-26, a normal float), NaN otherwise (use the row maximum). Scores may exceed the
+/// bound by rounding: exp(s - bound) is then slightly above 1, harmless.
 inline double softmax_shift(bool unit_rows, bool width_rows, double scale, double rope_factor, Eigen::Index dim) {
-  const double gain = scale * rope_factor * rope_factor;
+  const double gain = scale * std::max(1.0, rope_factor * rope_factor);
   const double bound = unit_rows ? gain : width_rows ? gain * static_cast<double>(dim) : 0.0;
   return (unit_rows || width_rows) && 2 * bound <= 60 ? bound : std::numeric_limits<double>::quiet_NaN();
 }
