@@ -1,10 +1,10 @@
 /// @file tile_kernels.hpp
-/// @brief Register-tiled small matrix products and packet transposes over Eigen's SIMD packets,
-/// the building blocks of detail::DecoderKernel.
+/// @brief Register-tiled small matrix products and the masked row softmax over Eigen's SIMD packets,
+/// the building blocks of detail::DecoderKernel and detail::GramKernel.
 ///
-/// Every output entry is produced by one fixed sequence of fused multiply-adds over the depth index
-/// in increasing order, whatever the tile it sits in: the result of a product never depends on how
-/// a caller splits the work, which keeps the Monte Carlo driver bit-reproducible.
+/// The callers' tilings depend only on S, d and the mask, never on the thread or the sample, so every
+/// entry is computed by the same instructions in every run: this keeps the Monte Carlo driver
+/// bit-reproducible for any thread count.
 #pragma once
 
 #include <Eigen/Core>
@@ -216,37 +216,6 @@ inline double softmax_shift(bool unit_rows, bool width_rows, double scale, doubl
   const double gain = scale * std::max(1.0, rope_factor * rope_factor);
   const double bound = unit_rows ? gain : width_rows ? gain * static_cast<double>(dim) : 0.0;
   return (unit_rows || width_rows) && 2 * bound <= 60 ? bound : std::numeric_limits<double>::quiet_NaN();
-}
-
-/// to[k to_stride + j] = from[j from_stride + k] for j < rows, k < cols; rows and cols multiples of
-/// the packet size (in-register packet transposes).
-template <class Scalar>
-inline void transpose_packets(const Scalar* from, Eigen::Index from_stride, Eigen::Index rows, Eigen::Index cols,
-                              Scalar* to, Eigen::Index to_stride) {
-  using namespace Eigen::internal;
-  using Packet = PacketOf<Scalar>;
-  constexpr int P = packet_size<Scalar>();
-  if constexpr (P == 1) {
-    for (Eigen::Index j = 0; j < rows; ++j)
-      for (Eigen::Index k = 0; k < cols; ++k) to[k * to_stride + j] = from[j * from_stride + k];
-  } else {
-    // PacketBlock<__m256, 8> makes GCC warn that the vector type's alignment attribute is ignored
-    // as a template argument; Eigen itself does this in every product kernel.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wignored-attributes"
-#endif
-    for (Eigen::Index j = 0; j < rows; j += P)
-      for (Eigen::Index k = 0; k < cols; k += P) {
-        PacketBlock<Packet, P> block;
-        for (int t = 0; t < P; ++t) block.packet[t] = ploadu<Packet>(from + (j + t) * from_stride + k);
-        ptranspose(block);
-        for (int t = 0; t < P; ++t) pstoreu(to + (k + t) * to_stride + j, block.packet[t]);
-      }
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
-  }
 }
 
 }  // namespace maskpos::detail
