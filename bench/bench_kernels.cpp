@@ -46,7 +46,7 @@ void gram_sample(benchmark::State& state) {
   const auto S = static_cast<Eigen::Index>(state.range(0)), d = static_cast<Eigen::Index>(state.range(1));
   maskpos::DecoderConfig config;
   maskpos::detail::DecoderKernel<Scalar> direct(config, S, d);
-  maskpos::detail::GramKernel<Scalar> gram(config, S, d);
+  maskpos::detail::TiledGramKernel<Scalar> gram(config, S, d);
   maskpos::InputGenerator generator(maskpos::InputSpec::gaussian(S, d, 0.2), 0);
   generator.generate_into<Scalar>(0, direct.state_rows());
   for (auto _ : state) {

@@ -39,7 +39,7 @@ using detail::SumGrid;
 enum class MonteCarloPath {
   Auto,    ///< Gram when there is no RoPE and d > 2S/3, else Direct
   Direct,  ///< token space: S^2 d work per layer (detail::DecoderKernel)
-  Gram     ///< Gram space: about 2 S^3 / 3 per layer (detail::GramKernel); \pre no RoPE
+  Gram     ///< Gram space: about 2 S^3 / 3 per layer (detail::TiledGramKernel); \pre no RoPE
 };
 
 /// How many samples to draw, from which seed, on how many threads.
@@ -335,7 +335,7 @@ MonteCarloAccumulator monte_carlo_accumulate(const DecoderConfig& config, const 
   // Gram-space propagation (NOTES Sec. 5) when it does less work: no RoPE and d > 2S/3.
   const bool use_gram = options.path == MonteCarloPath::Gram ||
                         (options.path == MonteCarloPath::Auto &&
-                         detail::GramKernel<Scalar>::preferred(config, inputs.seq_len, inputs.dim));
+                         detail::TiledGramKernel<Scalar>::preferred(config, inputs.seq_len, inputs.dim));
   detail::require(!(use_gram && config.rope), "Monte Carlo path", "gram", "no RoPE (use Auto or Direct)");
   constexpr std::int64_t kChunk = 32;
   const std::int64_t total = options.samples;
@@ -350,7 +350,7 @@ MonteCarloAccumulator monte_carlo_accumulate(const DecoderConfig& config, const 
       MonteCarloAccumulator& sums = partial[static_cast<std::size_t>(worker)];
       // Both kernels start from tokens in the direct kernel's padded row-major state.
       detail::DecoderKernel<Scalar> kernel(config, inputs.seq_len, inputs.dim);
-      std::optional<detail::GramKernel<Scalar>> gram;
+      std::optional<detail::TiledGramKernel<Scalar>> gram;
       if (use_gram) gram.emplace(config, inputs.seq_len, inputs.dim);
       for (;;) {
         const std::int64_t begin = next.fetch_add(kChunk);

@@ -26,10 +26,14 @@ namespace maskpos::detail {
 /// causal mask) and U A^T S^3/6 (only the lower triangle is computed, then mirrored), against S^2 d
 /// for the direct layer: cheaper when d > 2S/3. The same numbers as DecoderKernel up to rounding.
 ///
+/// The same recursion as detail::GramKernel in gram.hpp (which also carries the RoPE lag kernel of
+/// the large-width limit); this one is the Monte Carlo hot path, built on the register tiles of
+/// tile_kernels.hpp. Both are checked against the feature-space decoder by the tests.
+///
 /// \pre no RoPE (rotations mix coordinates per position: no single Gram matrix carries them).
 /// Thread safety: none (one kernel per thread).
 template <class Scalar>
-class GramKernel {
+class TiledGramKernel {
  public:
   using RowMatrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   static constexpr Index kRows = 4;
@@ -39,7 +43,7 @@ class GramKernel {
     return !config.rope && 2 * seq_len < 3 * dim;
   }
 
-  GramKernel(const DecoderConfig& config, Index seq_len, Index dim)
+  TiledGramKernel(const DecoderConfig& config, Index seq_len, Index dim)
       : config_(config), seq_len_(seq_len), dim_(dim), scale_(static_cast<Scalar>(config.scale.factor(dim))) {
     check_scalar<Scalar>();
     config_.validate(seq_len, dim);

@@ -1,6 +1,6 @@
 /// @file tile_kernels.hpp
 /// @brief Register-tiled small matrix products and the masked row softmax over Eigen's SIMD packets,
-/// the building blocks of detail::DecoderKernel and detail::GramKernel.
+/// the building blocks of detail::DecoderKernel and detail::TiledGramKernel.
 ///
 /// The callers' tilings depend only on S, d and the mask, never on the thread or the sample, so every
 /// entry is computed by the same instructions in every run: this keeps the Monte Carlo driver
