@@ -5,6 +5,8 @@
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
+#include "cli_runner.hpp"
+
 #include <sys/wait.h>
 
 #include <cstdlib>
@@ -16,38 +18,10 @@ namespace fs = std::filesystem;
 
 namespace {
 
-const std::string kMaskpos = std::string(MASKPOS_BINARY_DIR) + "/bin/maskpos";
-
-struct Outcome {
-  int exit_code;
-  std::string stderr_text;
-};
-
-// Runs `maskpos <arguments>` (the arguments are trusted test strings), capturing stderr.
-Outcome run(const std::string& arguments) {
-  const fs::path log = fs::temp_directory_path() / ("maskpos_cli_test_" + std::to_string(::getpid()) + ".log");
-  const std::string command = kMaskpos + " " + arguments + " > /dev/null 2> " + log.string();
-  const int status = std::system(command.c_str());
-  std::ifstream in(log);
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  fs::remove(log);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, text};
-}
-
-fs::path fresh_dir(const std::string& name) {
-  const fs::path dir = fs::temp_directory_path() / ("maskpos_cli_" + name + "_" + std::to_string(::getpid()));
-  fs::remove_all(dir);
-  return dir;
-}
-
-nlohmann::json read_json(const fs::path& path) {
-  std::ifstream in(path);
-  return nlohmann::json::parse(in);
-}
-
-bool same_or_both_nan(const Eigen::MatrixXd& a, const Eigen::MatrixXd& b) {
-  return a.rows() == b.rows() && a.cols() == b.cols() && ((a.array() == b.array()) || (a.array().isNaN() && b.array().isNaN())).all();
-}
+using cli_runner::fresh_dir;
+using cli_runner::read_json;
+using cli_runner::run;
+using cli_runner::same_or_both_nan;
 
 }  // namespace
 
