@@ -7,6 +7,8 @@
 
 #include <catch2/catch.hpp>
 
+#include <unistd.h>
+
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
@@ -24,7 +26,7 @@ using Catch::Matchers::Contains;
 namespace {
 
 fs::path scratch_dir(const std::string& name) {
-  const fs::path dir = fs::path(MASKPOS_BINARY_DIR) / "test_scratch" / "checkpoint" / name;
+  const fs::path dir = fs::path(MASKPOS_BINARY_DIR) / "test_scratch" / "checkpoint" / (name + "_" + std::to_string(::getpid()));  // CTest runs test cases in parallel
   fs::remove_all(dir);
   fs::create_directories(dir);
   return dir;

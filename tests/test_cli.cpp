@@ -5,6 +5,8 @@
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
+#include "cli_runner.hpp"
+
 #include <sys/wait.h>
 
 #include <cstdlib>
@@ -16,38 +18,10 @@ namespace fs = std::filesystem;
 
 namespace {
 
-const std::string kMaskpos = std::string(MASKPOS_BINARY_DIR) + "/bin/maskpos";
-
-struct Outcome {
-  int exit_code;
-  std::string stderr_text;
-};
-
-// Runs `maskpos <arguments>` (the arguments are trusted test strings), capturing stderr.
-Outcome run(const std::string& arguments) {
-  const fs::path log = fs::temp_directory_path() / ("maskpos_cli_test_" + std::to_string(::getpid()) + ".log");
-  const std::string command = kMaskpos + " " + arguments + " > /dev/null 2> " + log.string();
-  const int status = std::system(command.c_str());
-  std::ifstream in(log);
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  fs::remove(log);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, text};
-}
-
-fs::path fresh_dir(const std::string& name) {
-  const fs::path dir = fs::temp_directory_path() / ("maskpos_cli_" + name + "_" + std::to_string(::getpid()));
-  fs::remove_all(dir);
-  return dir;
-}
-
-nlohmann::json read_json(const fs::path& path) {
-  std::ifstream in(path);
-  return nlohmann::json::parse(in);
-}
-
-bool same_or_both_nan(const Eigen::MatrixXd& a, const Eigen::MatrixXd& b) {
-  return a.rows() == b.rows() && a.cols() == b.cols() && ((a.array() == b.array()) || (a.array().isNaN() && b.array().isNaN())).all();
-}
+using cli_runner::fresh_dir;
+using cli_runner::read_json;
+using cli_runner::run;
+using cli_runner::same_or_both_nan;
 
 }  // namespace
 
@@ -100,6 +74,31 @@ TEST_CASE("Fig. 1 through the command, with both methods") {
     CHECK(scores(2, 1) == Approx(0.1508).margin(5e-5));
     fs::remove_all(out);
   }
+}
+
+TEST_CASE("the mean-field method writes the large-width engine matrices") {
+  const fs::path out = fresh_dir("mean_field");
+  REQUIRE(run("simulate --method mean-field --seq-len 20 --dim 32 --layers 3 --alpha 0.5 --rope --rope-theta 500 "
+              "--norm rmsnorm --score-scale sqrt-d --quiet --no-figure --out " + out.string())
+              .exit_code == 0);
+  maskpos::DecoderConfig config;
+  config.layers = 3;
+  config.norm = maskpos::Norm::RMSNorm;
+  config.scale = maskpos::ScoreScale::inv_sqrt_dim();
+  maskpos::RopeConfig rope;
+  rope.theta = 500;
+  config.rope = rope;
+  const auto direct = maskpos::mean_field<double>(config, maskpos::MeanFieldInputs::alpha(20, 0.5), 32);
+  for (int l = 0; l < 3; ++l) {
+    const std::string layer = std::to_string(l + 1);
+    CHECK(same_or_both_nan(maskpos::read_npy_matrices((out / ("scores_layer" + layer + ".npy")).string()).at(0),
+                           direct.scores[static_cast<std::size_t>(l)]));
+    CHECK(same_or_both_nan(maskpos::read_npy_matrices((out / ("probs_layer" + layer + ".npy")).string()).at(0),
+                           direct.probs[static_cast<std::size_t>(l)]));
+  }
+  CHECK_FALSE(fs::exists(out / "stderr_layer1.npy"));
+  CHECK(read_json(out / "summary.json")["config"]["method"] == "mean-field");
+  fs::remove_all(out);
 }
 
 TEST_CASE("analyze: metrics of a Toeplitz and of a key-only score file") {

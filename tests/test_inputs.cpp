@@ -3,7 +3,10 @@
 
 #include <catch2/catch.hpp>
 
+#include <Random123/philox.h>
+
 #include <cmath>
+#include <vector>
 
 using maskpos::InputSpec;
 
@@ -30,6 +33,66 @@ TEST_CASE("the sample stream is standard normal and depends only on (seed, sampl
   Eigen::ArrayXd restarted(10);
   stream.fill_normal(restarted);
   CHECK((restarted == again).all());
+}
+
+TEST_CASE("the vectorised Philox lanes are Random123's Philox4x32-10") {
+  // Random123's own implementation is the independent reference.
+  for (std::uint64_t seed : {0ull, 42ull, 0x123456789abcdefull})
+    for (std::uint32_t first : {0u, 16u, 0xfffffff0u}) {
+      std::uint32_t words[4][maskpos::detail::kPhiloxLanes];
+      maskpos::detail::philox4x32_10_lanes(7u, 9u, first, 3u, static_cast<std::uint32_t>(seed),
+                                           static_cast<std::uint32_t>(seed >> 32), words);
+      r123::Philox4x32 philox;
+      const r123::Philox4x32::key_type key = {{static_cast<std::uint32_t>(seed), static_cast<std::uint32_t>(seed >> 32)}};
+      for (int j = 0; j < maskpos::detail::kPhiloxLanes; ++j) {
+        const r123::Philox4x32::ctr_type counter = {{7u, 9u, first + static_cast<std::uint32_t>(j), 3u}};
+        const auto expected = philox(counter, key);
+        for (int w = 0; w < 4; ++w) CHECK(words[w][j] == expected.v[w]);
+      }
+    }
+}
+
+TEST_CASE("Box-Muller pairs are independent normals with a uniform angle") {
+  // Chunks hold [r cos | r sin] blocks of 16: entry k and k + 16 of a 32-block are one pair.
+  maskpos::SampleStream stream(11, 0);
+  const int chunks = 4000;
+  Eigen::ArrayXf draws(chunks * 64);
+  stream.fill_normal(draws);
+  double cross = 0, cross_squares = 0, skew = 0;
+  std::vector<double> octants(8, 0.0);
+  const double pairs = chunks * 32.0;
+  const double pi = 3.14159265358979323846;
+  for (int c = 0; c < chunks * 2; ++c)
+    for (int j = 0; j < 16; ++j) {
+      const double x = draws[c * 32 + j], y = draws[c * 32 + 16 + j];
+      cross += x * y;
+      cross_squares += x * x * y * y;
+      skew += x * x * x + y * y * y;
+      const double angle = std::atan2(y, x) + pi;  // in [0, 2 pi]
+      octants[std::min(7, static_cast<int>(angle / (pi / 4)))] += 1;
+    }
+  // For independent N(0,1): E[xy] = 0 (sd 1 per pair), E[x^2 y^2] = 1 (sd sqrt(E x^4 E y^4 - 1) = sqrt(8)),
+  // E[x^3] = 0 (sd sqrt(15)); each octant holds 1/8 of the angles (binomial sd). Bounds: 5 standard errors.
+  CHECK(std::fabs(cross / pairs) < 5 / std::sqrt(pairs));
+  CHECK(std::fabs(cross_squares / pairs - 1) < 5 * std::sqrt(8 / pairs));
+  CHECK(std::fabs(skew / (2 * pairs)) < 5 * std::sqrt(15 / (2 * pairs)));
+  for (double count : octants) CHECK(std::fabs(count / pairs - 0.125) < 5 * std::sqrt(0.125 * 0.875 / pairs));
+}
+
+TEST_CASE("how the normals of a sample are requested never changes them") {
+  maskpos::SampleStream whole(5, 9), pieces(5, 9);
+  Eigen::ArrayXf all(300);
+  whole.fill_normal(all);
+  Eigen::ArrayXf part(300);
+  int begin = 0;
+  for (int size : {1, 70, 64, 3, 100, 62}) {
+    pieces.fill_normal(part.data() + begin, size);
+    begin += size;
+  }
+  CHECK((part == all).all());
+  Eigen::ArrayXd widened(300);
+  maskpos::SampleStream(5, 9).fill_normal(widened);
+  CHECK((widened == all.cast<double>()).all());
 }
 
 TEST_CASE("alpha-correlated Gaussian tokens: unit norm, pairwise cosine alpha for large d") {

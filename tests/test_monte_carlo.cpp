@@ -4,6 +4,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
+#include <limits>
+#include <string>
 #include <vector>
 
 #include "reference.hpp"
@@ -27,8 +30,10 @@ bool same_bits(const maskpos::MonteCarloResult& a, const maskpos::MonteCarloResu
   return true;
 }
 
-MonteCarloOptions options_with(std::int64_t samples, int threads, std::uint64_t first = 0) {
+MonteCarloOptions options_with(std::int64_t samples, int threads, std::uint64_t first = 0,
+                               maskpos::MonteCarloPath path = maskpos::MonteCarloPath::Auto) {
   MonteCarloOptions options;
+  options.path = path;
   options.samples = samples;
   options.threads = threads;
   options.seed = 42;
@@ -42,11 +47,13 @@ TEMPLATE_TEST_CASE("same seed, same bits for 1, 2 and 4 threads and on a repeate
   DecoderConfig config;
   config.layers = 3;
   const auto inputs = InputSpec::gaussian(12, 16, 0.3);
-  const auto one = maskpos::monte_carlo<TestType>(config, inputs, options_with(300, 1));
-  CHECK(same_bits(one, maskpos::monte_carlo<TestType>(config, inputs, options_with(300, 2))));
-  CHECK(same_bits(one, maskpos::monte_carlo<TestType>(config, inputs, options_with(300, 4))));
-  CHECK(same_bits(one, maskpos::monte_carlo<TestType>(config, inputs, options_with(300, 1))));
-  CHECK(one.out_of_range == 0);
+  for (auto path : {maskpos::MonteCarloPath::Direct, maskpos::MonteCarloPath::Gram}) {
+    const auto one = maskpos::monte_carlo<TestType>(config, inputs, options_with(300, 1, 0, path));
+    CHECK(same_bits(one, maskpos::monte_carlo<TestType>(config, inputs, options_with(300, 2, 0, path))));
+    CHECK(same_bits(one, maskpos::monte_carlo<TestType>(config, inputs, options_with(300, 4, 0, path))));
+    CHECK(same_bits(one, maskpos::monte_carlo<TestType>(config, inputs, options_with(300, 1, 0, path))));
+    CHECK(one.out_of_range == 0);
+  }
 }
 
 TEST_CASE("merged half-runs equal one full run, bit for bit, for any split") {
@@ -55,12 +62,14 @@ TEST_CASE("merged half-runs equal one full run, bit for bit, for any split") {
   config.norm = maskpos::Norm::LayerNorm;
   config.scale = maskpos::ScoreScale::inv_dim();
   const auto inputs = InputSpec::gaussian(10, 12, 0.2);
-  const auto full = maskpos::monte_carlo<float>(config, inputs, options_with(500, 2));
-  for (std::int64_t split : {250, 137, 1}) {
-    auto first = maskpos::monte_carlo_accumulate<float>(config, inputs, options_with(split, 1));
-    const auto second = maskpos::monte_carlo_accumulate<float>(config, inputs, options_with(500 - split, 2, split));
-    first.merge(second);
-    CHECK(same_bits(full, first.result()));
+  for (auto path : {maskpos::MonteCarloPath::Direct, maskpos::MonteCarloPath::Gram}) {
+    const auto full = maskpos::monte_carlo<float>(config, inputs, options_with(500, 2, 0, path));
+    for (std::int64_t split : {250, 137, 1}) {
+      auto first = maskpos::monte_carlo_accumulate<float>(config, inputs, options_with(split, 1, 0, path));
+      const auto second = maskpos::monte_carlo_accumulate<float>(config, inputs, options_with(500 - split, 2, split, path));
+      first.merge(second);
+      CHECK(same_bits(full, first.result()));
+    }
   }
 }
 
@@ -93,6 +102,63 @@ TEST_CASE("the Monte Carlo mean is the mean of the independent reference over th
         } else {
           // double forward pass (~1e3 eps) plus the accumulator's grid 2^-40 per value.
           CHECK(result.mean_scores[l](i, j) == Approx(want).margin(1e-11));
+        }
+      }
+}
+
+TEST_CASE("both propagation paths give the mean of the independent reference for every norm, mask and residual") {
+  const int S = 7, d = 6, L = 3, B = 6;
+  const std::vector<std::pair<maskpos::Norm, std::string>> norms = {{maskpos::Norm::L2, "l2"},
+                                                                     {maskpos::Norm::LayerNorm, "layernorm"},
+                                                                     {maskpos::Norm::RMSNorm, "rmsnorm"},
+                                                                     {maskpos::Norm::None, "none"}};
+  const std::vector<std::pair<maskpos::Mask, std::function<bool(int, int)>>> masks = {
+      {maskpos::Mask::causal(), [](int i, int j) { return j <= i; }},
+      {maskpos::Mask::bidirectional(), [](int, int) { return true; }},
+      {maskpos::Mask::sliding_window(3), [](int i, int j) { return j <= i && j > i - 3; }},
+      {maskpos::Mask::prefix_lm(4), [](int i, int j) { return j <= i || j < 4; }}};
+  const auto inputs = InputSpec::gaussian(S, d, 0.3);
+  maskpos::InputGenerator generator(inputs, 42);
+  std::vector<reference::Rows> samples;
+  for (int b = 0; b < B; ++b) {
+    Eigen::MatrixXd tokens;
+    generator.generate(static_cast<std::uint64_t>(b), tokens);
+    reference::Rows rows(S, std::vector<double>(d));
+    for (int i = 0; i < S; ++i)
+      for (int k = 0; k < d; ++k) rows[i][k] = tokens(i, k);
+    samples.push_back(rows);
+  }
+  for (const auto& [norm, norm_name] : norms)
+    for (const auto& [mask, visible] : masks)
+      for (bool residual : {true, false}) {
+        DecoderConfig config;
+        config.layers = L;
+        config.norm = norm;
+        config.mask = mask;
+        config.residual = residual;
+        config.scale = maskpos::ScoreScale::inv_sqrt_dim();
+        std::vector<Eigen::MatrixXd> want(L, Eigen::MatrixXd::Zero(S, S));
+        for (const auto& rows : samples) {
+          const auto layers = reference::decoder(rows, L, norm_name, 1 / std::sqrt(double(d)), residual, visible);
+          for (int l = 0; l < L; ++l)
+            for (int i = 0; i < S; ++i)
+              for (int j = 0; j < S; ++j) want[l](i, j) += layers[l].scores[i][j] / B;
+        }
+        for (auto path : {maskpos::MonteCarloPath::Direct, maskpos::MonteCarloPath::Gram}) {
+          const auto result = maskpos::monte_carlo<double>(config, inputs, options_with(B, 2, 0, path));
+          for (int l = 0; l < L; ++l)
+            for (int i = 0; i < S; ++i)
+              for (int j = 0; j < S; ++j) {
+                if (!visible(i, j)) {
+                  CHECK(std::isnan(result.mean_scores[l](i, j)));
+                  continue;
+                }
+                // 1e3 double epsilons per value as in test_decoder, times 100 for the Gram path's
+                // cancellation in G - r r^T / d and the growth of unnormalised rows (Norm::None,
+                // up to 2^L); the accumulator's grid adds at most 2^-42 of the bound.
+                const double tolerance = 1e5 * std::numeric_limits<double>::epsilon() * (1 + std::fabs(want[l](i, j)));
+                CHECK(result.mean_scores[l](i, j) == Approx(want[l](i, j)).margin(tolerance));
+              }
         }
       }
 }

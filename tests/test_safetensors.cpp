@@ -2,6 +2,8 @@
 
 #include <catch2/catch.hpp>
 
+#include <unistd.h>
+
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -19,7 +21,7 @@ using maskpos::SafetensorsFile;
 namespace {
 
 fs::path scratch_dir(const std::string& name) {
-  const fs::path dir = fs::path(MASKPOS_BINARY_DIR) / "test_scratch" / "safetensors" / name;
+  const fs::path dir = fs::path(MASKPOS_BINARY_DIR) / "test_scratch" / "safetensors" / (name + "_" + std::to_string(::getpid()));  // CTest runs test cases in parallel
   fs::remove_all(dir);
   fs::create_directories(dir);
   return dir;

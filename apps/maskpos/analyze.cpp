@@ -1,6 +1,8 @@
 // `maskpos analyze FILE.npy ...` and `maskpos figure DIR`.
 #include "analyze.hpp"
 
+#include "llama.hpp"
+
 #include <fmt/core.h>
 
 #include <fstream>
@@ -94,18 +96,38 @@ int figure_command(const FigureArgs& args) {
     for (const auto& m : raw) normalized.push_back(diagonal_normalize(m));
   }
   const fs::path summary = dir / "summary.json";
+  bool llama_run = false;
+  Json trace = nullptr;
   if (fs::exists(summary)) {
     try {
       std::ifstream in(summary);
       const Json json = Json::parse(in);
       if (json.contains("title")) title = json["title"].get<std::string>();
       else title = fmt::format("maskpos {} (redrawn)", json.value("config", Json::object()).value("method", "run"));
+      llama_run = json.value("command", "") == "llama";
+      if (llama_run && json.contains("trace")) trace = json["trace"];
     } catch (const std::exception& error) {
       throw UsageError(summary.string() + ": malformed JSON: " + error.what());
     }
   }
   if (!args.title.empty()) title = args.title;
-  draw_layer_figure(dir, "figure", title, label, raw, normalized, robust_limits);
+  if (!llama_run) {
+    draw_layer_figure(dir, "figure", title, label, raw, normalized, robust_limits);
+    return 0;
+  }
+  // The output of `maskpos llama`: its own layout, and the sub-step trace when there is one.
+  draw_llama_layers(dir, "figure", title, raw, normalized);
+  if (!trace.is_null()) {
+    std::vector<NamedMatrix> panels;
+    try {
+      for (const auto& panel : trace.at("panels"))
+        panels.push_back({panel.at("name").get<std::string>(), panel.at("title").get<std::string>(),
+                          read_score_file((dir / panel.at("file").get<std::string>()).string()).front()});
+      draw_llama_trace(dir, "trace", llama_trace_title(trace.at("layer").get<Index>(), title), panels);
+    } catch (const Json::exception& error) {
+      throw UsageError(summary.string() + ": malformed trace entry: " + error.what());
+    }
+  }
   return 0;
 }
 

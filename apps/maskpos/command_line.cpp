@@ -19,6 +19,8 @@ CommandLine::CommandLine()
   figure_cmd_->add_option("--title", figure_.title, "figure title");
   reproduce_cmd_ = app_.add_subcommand("reproduce", "regenerate every simulated figure of the paper with its theory");
   add_reproduce_options(*reproduce_cmd_, reproduce_);
+  llama_cmd_ = app_.add_subcommand("llama", "mean scores and the sub-step trace of a Llama-style checkpoint (Sec. 4.2, 5.2)");
+  add_llama_options(*llama_cmd_, llama_);
 }
 
 std::optional<CommandLine::Stop> CommandLine::parse(int argc, const char* const* argv) {
@@ -38,6 +40,10 @@ std::optional<CommandLine::Stop> CommandLine::parse(int argc, const char* const*
     return Stop{2, "maskpos: error: " + (message.empty() ? std::string("invalid command line") : message) + "\n"};
   }
   simulate_.dim_given = simulate_cmd_->count("--dim") > 0;
+  llama_.trace_given = llama_cmd_->count("--trace-layer") > 0;
+  llama_.tokens_given = llama_cmd_->count("--tokens") > 0;
+  llama_.tokens_file_given = llama_cmd_->count("--tokens-file") > 0;
+  llama_.batch_file_given = llama_cmd_->count("--batch-file") > 0;
   return std::nullopt;
 }
 
@@ -50,6 +56,8 @@ void CommandLine::check() const {
   } else if (*reproduce_cmd_) {
     detail::require(reproduce_.samples >= 1, "samples", reproduce_.samples, "samples >= 1");
     detail::require(reproduce_.threads >= 0, "threads", reproduce_.threads, "threads >= 0 (0 = all cores)");
+  } else if (*llama_cmd_) {
+    check_llama_args(llama_);
   }
 }
 
@@ -58,6 +66,7 @@ int CommandLine::run() const {
   if (*analyze_cmd_) return analyze_command(analyze_);
   if (*figure_cmd_) return figure_command(figure_);
   if (*reproduce_cmd_) return reproduce_command(reproduce_);
+  if (*llama_cmd_) return llama_command(llama_);
   return 1;
 }
 

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "analyze.hpp"
+#include "llama.hpp"
 #include "reproduce.hpp"
 #include "simulate.hpp"
 
@@ -39,10 +40,12 @@ class CommandLine {
   AnalyzeArgs analyze_;
   FigureArgs figure_;
   ReproduceArgs reproduce_;
+  LlamaArgs llama_;
   CLI::App* simulate_cmd_ = nullptr;
   CLI::App* analyze_cmd_ = nullptr;
   CLI::App* figure_cmd_ = nullptr;
   CLI::App* reproduce_cmd_ = nullptr;
+  CLI::App* llama_cmd_ = nullptr;
 };
 
 }  // namespace maskpos::cli

@@ -1,4 +1,4 @@
-// The maskpos command: simulate, analyze, figure, reproduce. Exit codes: 0 success, 2 bad input
+// The maskpos command: simulate, analyze, figure, reproduce, llama. Exit codes: 0 success, 2 bad input
 // (one line on stderr, nothing written), 1 any other failure (one line on stderr).
 #include <fmt/core.h>
 

@@ -9,13 +9,16 @@
 
 #include <Eigen/Core>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "detail/errors.hpp"
+#include "detail/tile_kernels.hpp"
 #include "mask.hpp"
 #include "normalization.hpp"
 #include "rope.hpp"
@@ -94,81 +97,173 @@ namespace detail {
 /// The layer computation shared by forward() and the Monte Carlo driver: owns all scratch space,
 /// so running a layer allocates nothing after construction.
 ///
+/// Internally every matrix is row-major and padded (rows to a multiple of the row block and of the
+/// SIMD packet, columns to a multiple of the packet), padding kept at zero:
+/// - scores: for each block of kRows queries, only the keys visible to some query of the block are
+///   computed, as register tiles of dot products (for the causal mask: the lower triangle plus the
+///   small triangles above the diagonal inside each block);
+/// - the softmax runs over each row's contiguous visible range (contiguous memory, vectorised exp);
+/// - the update A Y runs over each row block's visible key range only, fused with the residual add.
 /// Only visible entries of scores() are meaningful; probs() is 0 on masked entries.
+///
+/// Thread safety: none (one kernel per thread; scores() and probs() fill caches).
 template <class Scalar>
 class DecoderKernel {
  public:
+  using RowMatrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  static constexpr Index kRows = 4;  ///< query rows per register tile
+
   DecoderKernel(const DecoderConfig& config, Index seq_len, Index dim)
       : config_(config), seq_len_(seq_len), dim_(dim), scale_(static_cast<Scalar>(config.scale.factor(dim))) {
     check_scalar<Scalar>();
     config_.validate(seq_len, dim);
-    if (config_.rope) rope_.emplace(*config_.rope, dim, seq_len);
-    normalized_.resize(seq_len, dim);
-    scores_.setZero(seq_len, seq_len);
-    probs_.setZero(seq_len, seq_len);
-    update_.resize(seq_len, dim);
-    if (rope_) rotated_.resize(seq_len, dim);
+    constexpr Index P = packet_size<Scalar>();
+    rows_ = round_up(seq_len, std::max<Index>(kRows, P));
+    cols_ = round_up(dim, P);
+    double rope_factor = 1.0;
+    if (config_.rope) {
+      rope_.emplace(*config_.rope, dim, seq_len);
+      rotated_.setZero(rows_, cols_);
+      rope_factor = rope_->frequencies().attention_factor;
+    }
+    shift_ = static_cast<Scalar>(softmax_shift(config_.norm == Norm::L2,
+                                               config_.norm == Norm::LayerNorm || config_.norm == Norm::RMSNorm,
+                                               config_.scale.factor(dim), rope_factor, dim));
+    state_.setZero(rows_, cols_);
+    normalized_.setZero(rows_, cols_);
+    score_rows_.setZero(rows_, rows_);
+    prob_rows_.setZero(rows_, rows_);
+    key_begin_.resize(static_cast<std::size_t>(seq_len));
+    key_end_.resize(static_cast<std::size_t>(seq_len));
+    for (Index i = 0; i < seq_len; ++i) {
+      key_begin_[static_cast<std::size_t>(i)] = config_.mask.first_key(i);
+      key_end_[static_cast<std::size_t>(i)] = config_.mask.end_key(i, seq_len);
+    }
   }
 
   const DecoderConfig& config() const { return config_; }
-  const Matrix<Scalar>& scores() const { return scores_; }
-  const Matrix<Scalar>& probs() const { return probs_; }
+
+  /// S x S scores of the last layer (column-major copy, filled on first use after a layer).
+  const Matrix<Scalar>& scores() const {
+    if (!scores_cached_) {
+      scores_cache_ = score_rows_.topLeftCorner(seq_len_, seq_len_);
+      scores_cached_ = true;
+    }
+    return scores_cache_;
+  }
+  /// S x S probabilities of the last layer (column-major copy, filled on first use after a layer).
+  const Matrix<Scalar>& probs() const {
+    if (!probs_cached_) {
+      probs_cache_ = prob_rows_.topLeftCorner(seq_len_, seq_len_);
+      probs_cached_ = true;
+    }
+    return probs_cache_;
+  }
 
   /// Runs one layer: `state` (S x d) becomes the layer output.
   void layer(Matrix<Scalar>& state) {
-    normalize_rows<Scalar>(state, normalized_, config_.norm, config_.norm_eps);
-    const Matrix<Scalar>* query = &normalized_;
+    state_rows() = state;
+    step(true);
+    state = state_rows();
+  }
+
+  // ---- the allocation-free interface of the Monte Carlo driver ----
+
+  /// The S x d layer input / output held by the kernel (row-major).
+  auto state_rows() { return state_.topLeftCorner(seq_len_, dim_); }
+
+  /// Runs one layer on state_rows(). With update_state = false only scores and probabilities are
+  /// computed (the state is left as it was): what the last layer of a Monte Carlo sample needs.
+  void step(bool update_state = true) {
+    scores_cached_ = probs_cached_ = false;
+    normalize();
+    RowMatrix* query = &normalized_;
     if (rope_) {
-      rotated_ = normalized_;
-      rope_->apply(rotated_);
+      rotated_.topLeftCorner(seq_len_, dim_) = normalized_.topLeftCorner(seq_len_, dim_);
+      rope_->apply(rotated_.topLeftCorner(seq_len_, dim_));
       query = &rotated_;
     }
-    const bool lower = config_.mask.is_lower_triangular();
-    if (lower)
-      scores_.template triangularView<Eigen::Lower>() = (*query) * query->transpose();
-    else
-      scores_.noalias() = (*query) * query->transpose();
-    masked_softmax();
-    if (lower) {
+    for (Index first = 0; first < seq_len_; first += kRows) {
+      const auto [begin, end] = block_keys(first);
+      dot_strip<Scalar, kRows>(query->data() + first * cols_, cols_, query->data(), cols_, cols_,
+                               score_rows_.data() + first * rows_, rows_, begin, end);
+    }
+    softmax();
+    if (!update_state) return;
+    constexpr Index P = packet_size<Scalar>();
+    for (Index first = 0; first < seq_len_; first += kRows) {
+      const auto [begin, end] = block_keys(first);
+      const Scalar* probs = prob_rows_.data() + first * rows_ + begin;
+      const Scalar* values = normalized_.data() + begin * cols_;
+      Scalar* out = state_.data() + first * cols_;
       if (config_.residual)
-        state.noalias() += probs_.template triangularView<Eigen::Lower>() * normalized_;
+        strip_product<Scalar, kRows, true>(probs, rows_, values, cols_, end - begin, out, cols_, 0, cols_ / P);
       else
-        state.noalias() = probs_.template triangularView<Eigen::Lower>() * normalized_;
-    } else {
-      update_.noalias() = probs_ * normalized_;
-      if (config_.residual)
-        state += update_;
-      else
-        state = update_;
+        strip_product<Scalar, kRows, false>(probs, rows_, values, cols_, end - begin, out, cols_, 0, cols_ / P);
     }
   }
 
+  /// Row i of the state starts at state_data() + i state_stride(); rows and columns beyond S x d are zero.
+  const Scalar* state_data() const { return state_.data(); }
+  Index state_stride() const { return cols_; }
+
+  /// Row i of the last scores starts at score_data() + i row_stride() (entries of visible keys valid).
+  const Scalar* score_data() const { return score_rows_.data(); }
+  /// Row i of the last probabilities starts at prob_data() + i row_stride() (0 on masked keys).
+  const Scalar* prob_data() const { return prob_rows_.data(); }
+  Index row_stride() const { return rows_; }
+
  private:
-  /// Scales the visible scores and writes the row softmax over visible keys into probs_.
-  /// Subtracting the row maximum keeps exp() in (0, 1]: no overflow for any score scale.
-  void masked_softmax() {
-    for (Index i = 0; i < seq_len_; ++i) {
-      const Index begin = config_.mask.first_key(i), end = config_.mask.end_key(i, seq_len_);
-      Scalar row_max = -std::numeric_limits<Scalar>::infinity();
-      for (Index j = begin; j < end; ++j) {
-        scores_(i, j) *= scale_;
-        row_max = scores_(i, j) > row_max ? scores_(i, j) : row_max;
-      }
-      Scalar total = 0;
-      for (Index j = begin; j < end; ++j) {
-        probs_(i, j) = std::exp(scores_(i, j) - row_max);
-        total += probs_(i, j);
-      }
-      const Scalar inv_total = Scalar(1) / total;
-      for (Index j = begin; j < end; ++j) probs_(i, j) *= inv_total;
+  /// The union of the visible key ranges of queries [first, first + kRows).
+  std::pair<Index, Index> block_keys(Index first) const {
+    const Index last = std::min(first + kRows, seq_len_);
+    Index begin = seq_len_, end = 0;
+    for (Index i = first; i < last; ++i) {
+      begin = std::min(begin, key_begin_[static_cast<std::size_t>(i)]);
+      end = std::max(end, key_end_[static_cast<std::size_t>(i)]);
     }
+    return {begin, end};
+  }
+
+  /// normalized_ = norm(state_) row by row (same formulas as normalize_rows, with one reciprocal per row).
+  void normalize() {
+    using Row = Eigen::Map<Eigen::Array<Scalar, 1, Eigen::Dynamic>>;
+    const Scalar eps = static_cast<Scalar>(config_.norm_eps);
+    const Scalar inv_dim = Scalar(1) / static_cast<Scalar>(dim_);
+    for (Index i = 0; i < seq_len_; ++i) {
+      const Row x(state_.data() + i * cols_, dim_);
+      Row y(normalized_.data() + i * cols_, dim_);
+      switch (config_.norm) {
+        case Norm::L2: {
+          const Scalar length = std::sqrt(x.square().sum());
+          y = x * (Scalar(1) / (length > eps ? length : eps));
+          break;
+        }
+        case Norm::LayerNorm: {
+          const Scalar mean = x.sum() * inv_dim;
+          const Scalar var = (x - mean).square().sum() * inv_dim;
+          y = (x - mean) * (Scalar(1) / std::sqrt(var + eps));
+          break;
+        }
+        case Norm::RMSNorm: y = x * (Scalar(1) / std::sqrt(x.square().sum() * inv_dim + eps)); break;
+        case Norm::None: y = x; break;
+      }
+    }
+  }
+
+  void softmax() {
+    masked_softmax_rows<Scalar>(score_rows_.data(), prob_rows_.data(), rows_, seq_len_, key_begin_.data(),
+                                key_end_.data(), scale_, shift_);
   }
 
   DecoderConfig config_;
-  Index seq_len_, dim_;
-  Scalar scale_;
+  Index seq_len_, dim_, rows_ = 0, cols_ = 0;
+  Scalar scale_, shift_;
   std::optional<RotaryEmbedding<Scalar>> rope_;
-  Matrix<Scalar> normalized_, rotated_, scores_, probs_, update_;
+  RowMatrix state_, normalized_, rotated_, score_rows_, prob_rows_;
+  std::vector<Index> key_begin_, key_end_;
+  mutable Matrix<Scalar> scores_cache_, probs_cache_;
+  mutable bool scores_cached_ = false, probs_cached_ = false;
 };
 
 /// Throws std::invalid_argument at the first non-finite entry of a user-supplied matrix.

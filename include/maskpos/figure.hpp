@@ -36,6 +36,7 @@
 /// not interact (cairo keeps no per-surface global state; its font caches are locked internally).
 #pragma once
 
+#include "analysis.hpp"
 #include "detail/atomic_file.hpp"
 #include "detail/colormap.hpp"
 #include "detail/errors.hpp"
@@ -187,8 +188,8 @@ inline std::pair<double, double> panel_limits(const HeatmapPanel& panel) {
                       "lower_percentile, upper_percentile",
                       detail::to_text(panel.lower_percentile) + ", " + detail::to_text(panel.upper_percentile),
                       "0 <= lower_percentile < upper_percentile <= 100");
-      low = detail::percentile(finite, panel.lower_percentile);
-      high = detail::percentile(std::move(finite), panel.upper_percentile);
+      low = percentile(finite, panel.lower_percentile);
+      high = percentile(std::move(finite), panel.upper_percentile);
     } else {
       const auto [smallest, largest] = std::minmax_element(finite.begin(), finite.end());
       low = *smallest;

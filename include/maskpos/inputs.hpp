@@ -9,6 +9,8 @@
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <type_traits>
+#include <utility>
 
 #include "detail/errors.hpp"
 #include "random.hpp"
@@ -73,6 +75,10 @@ struct InputSpec {
 
 /// Draws the tokens of one sequence. Reusable across samples: after the first call no allocation.
 ///
+/// The random numbers of sample b are the SampleStream of (seed, b): the Gaussian kind reads the
+/// shared direction c first, then z_0 .. z_{S-1}. They are float-precision normals for both scalar
+/// types, so a float and a double run see the same inputs (up to the rounding of the normalisation).
+///
 /// Thread safety: one generator per thread.
 class InputGenerator {
  public:
@@ -86,8 +92,17 @@ class InputGenerator {
   /// Writes the S x d tokens of sample `sample` into `tokens` (resized if needed).
   template <class Scalar>
   void generate(std::uint64_t sample, Matrix<Scalar>& tokens) {
+    tokens.resize(spec_.seq_len, spec_.dim);
+    generate_into<Scalar>(sample, tokens);
+  }
+
+  /// Writes the S x d tokens of sample `sample` into an existing S x d matrix expression (for example
+  /// an Eigen::Map of a row-major buffer): the same values as generate().
+  /// \pre tokens is S x d.
+  template <class Scalar, class Derived>
+  void generate_into(std::uint64_t sample, Eigen::MatrixBase<Derived> const& tokens_) {
+    auto& tokens = const_cast<Eigen::MatrixBase<Derived>&>(tokens_);
     const Index S = spec_.seq_len, d = spec_.dim;
-    tokens.resize(S, d);
     if (spec_.kind == InputKind::User) {
       tokens = spec_.tokens.cast<Scalar>();
       return;
@@ -96,26 +111,36 @@ class InputGenerator {
     if (spec_.kind == InputKind::Gaussian) {
       // One shared direction c, then S fresh directions z_i, in that order of the stream.
       normals_.resize((S + 1) * d);
-      stream_.fill_normal(normals_);
-      const Eigen::Map<const Eigen::RowVectorXd> shared(normals_.data(), d);
-      const Eigen::Map<const Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> fresh(
-          normals_.data() + d, S, d);
+      stream_.fill_normal(normals_.data(), normals_.size());
+      const Eigen::Map<const Eigen::Array<float, 1, Eigen::Dynamic>> shared(normals_.data(), d);
       if (spec_.alpha >= 1.0) {
-        tokens = (shared / shared.norm()).replicate(S, 1).template cast<Scalar>();
+        const Eigen::Array<Scalar, 1, Eigen::Dynamic> direction = shared.template cast<Scalar>();
+        const Scalar length = std::sqrt(direction.square().sum());
+        for (Index i = 0; i < S; ++i) tokens.row(i) = (direction / length).matrix();
         return;
       }
-      const double lambda = std::sqrt(spec_.alpha / (1.0 - spec_.alpha));
+      const Scalar lambda = static_cast<Scalar>(std::sqrt(spec_.alpha / (1.0 - spec_.alpha)));
+      Eigen::Array<Scalar, 1, Eigen::Dynamic>& shared_scaled = shared_scaled_<Scalar>();
+      Eigen::Array<Scalar, 1, Eigen::Dynamic>& row = row_<Scalar>();
+      auto& rows = rows_<Scalar>();
+      shared_scaled = lambda * shared.template cast<Scalar>();
+      rows.resize(S, d);
+      // Contiguous rows; Eigen's packet reductions for |r|^2 (a plain loop's float sum would not be
+      // vectorised without -ffast-math): x = r / |r|, r = z_i + lambda c.
       for (Index i = 0; i < S; ++i) {
-        row_ = fresh.row(i) + lambda * shared;
-        tokens.row(i) = (row_ / row_.norm()).template cast<Scalar>();
+        row = Eigen::Map<const Eigen::Array<float, 1, Eigen::Dynamic>>(normals_.data() + (i + 1) * d, d)
+                  .template cast<Scalar>() + shared_scaled;
+        const Scalar inv_length = Scalar(1) / std::sqrt(row.square().sum());
+        Eigen::Map<Eigen::Array<Scalar, 1, Eigen::Dynamic>>(rows.data() + i * d, d) = row * inv_length;
       }
+      tokens = rows;
       return;
     }
     // Orthonormal: the Q factor of a d x S Gaussian matrix, with the signs fixed by R's diagonal,
     // is Haar-distributed; its columns are the tokens.
     normals_.resize(d * S);
-    stream_.fill_normal(normals_);
-    frame_ = Eigen::Map<const Matrix<double>>(normals_.data(), d, S);
+    stream_.fill_normal(normals_.data(), normals_.size());
+    frame_ = Eigen::Map<const Matrix<float>>(normals_.data(), d, S).cast<double>();
     qr_.compute(frame_);
     basis_ = qr_.householderQ() * Matrix<double>::Identity(d, S);
     for (Index j = 0; j < S; ++j)
@@ -124,10 +149,31 @@ class InputGenerator {
   }
 
  private:
+  template <class Scalar>
+  Eigen::Array<Scalar, 1, Eigen::Dynamic>& shared_scaled_() {
+    if constexpr (std::is_same_v<Scalar, float>) return shared_scaled_f_;
+    else return shared_scaled_d_;
+  }
+  template <class Scalar>
+  Eigen::Array<Scalar, 1, Eigen::Dynamic>& row_() {
+    row_f_.resize(spec_.dim);
+    row_d_.resize(spec_.dim);
+    if constexpr (std::is_same_v<Scalar, float>) return row_f_;
+    else return row_d_;
+  }
+  template <class Scalar>
+  Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>& rows_() {
+    if constexpr (std::is_same_v<Scalar, float>) return rows_f_;
+    else return rows_d_;
+  }
+
   InputSpec spec_;
   SampleStream stream_;
-  Eigen::ArrayXd normals_;
-  Eigen::RowVectorXd row_;
+  Eigen::ArrayXf normals_;
+  Eigen::Array<float, 1, Eigen::Dynamic> shared_scaled_f_, row_f_;
+  Eigen::Array<double, 1, Eigen::Dynamic> shared_scaled_d_, row_d_;
+  Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> rows_f_;
+  Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> rows_d_;
   Matrix<double> frame_, basis_;
   Eigen::HouseholderQR<Matrix<double>> qr_;
 };

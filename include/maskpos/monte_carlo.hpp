@@ -6,6 +6,10 @@
 
 #include <Eigen/Core>
 
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -14,17 +18,29 @@
 #include <functional>
 #include <limits>
 #include <mutex>
+#include <optional>
 #include <thread>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
 #include "decoder.hpp"
 #include "detail/errors.hpp"
 #include "detail/exact_sum.hpp"
+#include "detail/gram_kernel.hpp"
 #include "inputs.hpp"
 #include "types.hpp"
 
 namespace maskpos {
+
+using detail::SumGrid;
+
+/// How the Monte Carlo driver propagates each sequence (the results agree up to rounding).
+enum class MonteCarloPath {
+  Auto,    ///< Gram when there is no RoPE and d > 2S/3, else Direct
+  Direct,  ///< token space: S^2 d work per layer (detail::DecoderKernel)
+  Gram     ///< Gram space: about 2 S^3 / 3 per layer (detail::TiledGramKernel); \pre no RoPE
+};
 
 /// How many samples to draw, from which seed, on how many threads.
 struct MonteCarloOptions {
@@ -32,6 +48,7 @@ struct MonteCarloOptions {
   std::uint64_t seed = 0;
   std::uint64_t first_sample = 0;  ///< the run covers samples [first_sample, first_sample + B)
   int threads = 0;                 ///< 0: all hardware threads; \pre threads >= 0
+  MonteCarloPath path = MonteCarloPath::Auto;
   /// Called from the calling thread with (samples done, samples in total); may be empty.
   std::function<void(std::int64_t, std::int64_t)> progress;
 };
@@ -53,35 +70,73 @@ struct MonteCarloResult {
 /// identical results (see detail::ExactSum). Thread safety: one accumulator per thread.
 class MonteCarloAccumulator {
  public:
-  MonteCarloAccumulator(const DecoderConfig& config, const InputSpec& inputs)
+  /// \param grid  how finely each value is rounded before the exact sums (see detail::SumGrid):
+  ///               monte_carlo_accumulate uses SumGrid::Float for float runs, SumGrid::Double for
+  ///               double runs. Only accumulators with the same grid can be merged.
+  MonteCarloAccumulator(const DecoderConfig& config, const InputSpec& inputs, SumGrid grid = SumGrid::Double)
       : seq_len_(inputs.seq_len), mask_(config.mask) {
     config.validate(inputs.seq_len, inputs.dim);
-    for (Index j = 0; j < seq_len_; ++j)
-      for (Index i = 0; i < seq_len_; ++i)
-        if (mask_.visible(i, j)) visible_.emplace_back(i, j);
+    // Visible entries row by row (each row's visible keys are one contiguous range): the order in
+    // which DecoderKernel lays out its rows, so that add_layer_rows reads memory contiguously.
+    Index offset = 0;
+    for (Index i = 0; i < seq_len_; ++i) {
+      const Index begin = mask_.first_key(i), end = mask_.end_key(i, seq_len_);
+      rows_.push_back({begin, end, offset});
+      offset += end - begin;
+      for (Index j = begin; j < end; ++j) visible_.emplace_back(i, j);
+    }
     const Index n = static_cast<Index>(visible_.size());
     for (Index l = 0; l < config.layers; ++l) {
       // A-priori bound on |score| (x2 margin for rounding in the float forward pass).
       const double bound = 2.0 * score_bound(config, inputs, l);
-      score_sum_.emplace_back(n, bound);
-      score_square_sum_.emplace_back(n, bound * bound);
-      prob_sum_.emplace_back(n, 2.0);
+      score_sum_.emplace_back(n, bound, grid);
+      score_square_sum_.emplace_back(n, bound * bound, grid);
+      prob_sum_.emplace_back(n, 2.0, grid);
     }
-    buffer_.resize(static_cast<std::size_t>(n));
   }
 
-  /// Adds the visible entries of one layer of one sample.
+  /// Adds the visible entries of one layer of one sample (S x S matrices, query rows).
   template <class Scalar>
   void add_layer(Index layer, const Matrix<Scalar>& scores, const Matrix<Scalar>& probs) {
+    // A row-major copy: the same bits as add_layer_rows<Scalar> on the kernel's rows.
+    auto& score_copy = copy_buffer<Scalar>(0);
+    auto& prob_copy = copy_buffer<Scalar>(1);
+    score_copy = scores;
+    prob_copy = probs;
+    add_layer_rows<Scalar>(layer, score_copy.data(), prob_copy.data(), seq_len_);
+  }
+
+  /// Adds the visible entries of one layer of one sample, given row-major storage: entry (i, j) of
+  /// the scores at scores[i row_stride + j], of the probabilities at probs[i row_stride + j].
+  ///
+  /// One fused pass per row: each value is checked against the a-priori bounds, then score, squared
+  /// score and probability are rounded to their grids and added (see detail::ExactSum). A row with
+  /// a value out of range (or NaN) takes a slow path that skips exactly those values.
+  template <class Scalar>
+  void add_layer_rows(Index layer, const Scalar* scores, const Scalar* probs, Index row_stride) {
     const std::size_t l = static_cast<std::size_t>(layer);
-    for (std::size_t k = 0; k < visible_.size(); ++k)
-      buffer_[k] = static_cast<double>(scores(visible_[k].first, visible_[k].second));
-    score_sum_[l].add(buffer_.data());
-    for (double& value : buffer_) value *= value;
-    score_square_sum_[l].add(buffer_.data());
-    for (std::size_t k = 0; k < visible_.size(); ++k)
-      buffer_[k] = static_cast<double>(probs(visible_[k].first, visible_[k].second));
-    prob_sum_[l].add(buffer_.data());
+    detail::ExactSum &score_sum = score_sum_[l], &square_sum = score_square_sum_[l], &prob_sum = prob_sum_[l];
+    for (Index i = 0; i < seq_len_; ++i) {
+      const RowRange range = rows_[static_cast<std::size_t>(i)];
+      const Scalar* score_row = scores + i * row_stride + range.begin;
+      const Scalar* prob_row = probs + i * row_stride + range.begin;
+      const Index n = range.end - range.begin;
+      if (score_sum.grid() == SumGrid::Double) {
+        add_row_double(score_row, prob_row, n, range.offset, score_sum, square_sum, prob_sum);
+      } else if constexpr (std::is_same_v<Scalar, float>) {
+        add_row_float(score_row, prob_row, n, range.offset, score_sum, square_sum, prob_sum);
+      } else {
+        for (Index k = 0; k < n; ++k) {
+          const double s = static_cast<double>(score_row[k]);
+          add_checked(score_sum, range.offset + k, s);
+          add_checked(square_sum, range.offset + k, s * s);
+          add_checked(prob_sum, range.offset + k, static_cast<double>(prob_row[k]));
+        }
+      }
+    }
+    score_sum.commit();
+    square_sum.commit();
+    prob_sum.commit();
   }
 
   /// Adds another accumulator of the same decoder and inputs. \pre compatible (else invalid_argument).
@@ -153,11 +208,114 @@ class MonteCarloAccumulator {
   }
 
  private:
+  static void add_checked(detail::ExactSum& sum, Index k, double value) {
+    const double scaled = value * sum.scale();
+    if (std::fabs(scaled) <= sum.limit()) sum.add_integer(static_cast<std::size_t>(k), std::nearbyint(scaled));
+    else sum.skip(1);
+  }
+
+  /// Double grid: score, squared score (exact in double for float scores) and probability are
+  /// rounded with the 1.5 * 2^52 trick and added to the double blocks. A row with a value out of
+  /// range (or NaN) takes a slow path that skips exactly those values.
+  template <class Scalar>
+  static void add_row_double(const Scalar* score_row, const Scalar* prob_row, Index n, Index offset,
+                             detail::ExactSum& score_sum, detail::ExactSum& square_sum, detail::ExactSum& prob_sum) {
+    constexpr double kRound = 6755399441055744.0;  // 1.5 * 2^52: (x + kRound) - kRound rounds x to an integer
+    double* const s_out = score_sum.block() + offset;
+    double* const q_out = square_sum.block() + offset;
+    double* const p_out = prob_sum.block() + offset;
+    const double score_scale = score_sum.scale(), square_scale = square_sum.scale(), prob_scale = prob_sum.scale();
+    const double score_limit = score_sum.limit(), square_limit = square_sum.limit(), prob_limit = prob_sum.limit();
+    int bad = 0;
+    for (Index k = 0; k < n; ++k) {
+      const double s = static_cast<double>(score_row[k]), p = static_cast<double>(prob_row[k]);
+      bad |= static_cast<int>(!(std::fabs(s * score_scale) <= score_limit)) |
+             static_cast<int>(!(s * s * square_scale <= square_limit)) |
+             static_cast<int>(!(std::fabs(p * prob_scale) <= prob_limit));
+    }
+    if (bad == 0) {
+      for (Index k = 0; k < n; ++k) {
+        const double s = static_cast<double>(score_row[k]), p = static_cast<double>(prob_row[k]);
+        s_out[k] += (s * score_scale + kRound) - kRound;
+        q_out[k] += (s * s * square_scale + kRound) - kRound;
+        p_out[k] += (p * prob_scale + kRound) - kRound;
+      }
+      return;
+    }
+    for (Index k = 0; k < n; ++k) {
+      const double s = static_cast<double>(score_row[k]);
+      add_checked(score_sum, offset + k, s);
+      add_checked(square_sum, offset + k, s * s);
+      add_checked(prob_sum, offset + k, static_cast<double>(prob_row[k]));
+    }
+  }
+
+  /// Float grid for float values: v 2^q is exact in float (a power-of-two scale) and rounded to the
+  /// nearest int32 (ties to even; with AVX2 eight at a time), the squared score is the float product
+  /// s * s. Values out of range (or NaN) are skipped one by one.
+  static void add_row_float(const float* score_row, const float* prob_row, Index n, Index offset,
+                            detail::ExactSum& score_sum, detail::ExactSum& square_sum, detail::ExactSum& prob_sum) {
+    std::int32_t* const s_out = score_sum.block32() + offset;
+    std::int32_t* const q_out = square_sum.block32() + offset;
+    std::int32_t* const p_out = prob_sum.block32() + offset;
+    const float score_scale = static_cast<float>(score_sum.scale()), square_scale = static_cast<float>(square_sum.scale()),
+                prob_scale = static_cast<float>(prob_sum.scale());
+    const float limit = static_cast<float>(score_sum.limit());  // 2^27 for every Float-grid sum
+    Index k = 0;
+#if defined(__AVX2__)
+    const __m256 scale_s = _mm256_set1_ps(score_scale), scale_q = _mm256_set1_ps(square_scale),
+                 scale_p = _mm256_set1_ps(prob_scale), bound = _mm256_set1_ps(limit);
+    const __m256 magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for (; k < n; k += 8) {
+      // The last packet of a row loads only its n - k valid lanes (the others read as 0 and add 0
+      // to the next entries of the block, or to its 8 spare entries).
+      const __m256i valid = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(std::min<Index>(n - k, 8))), lanes);
+      const __m256 s = _mm256_maskload_ps(score_row + k, valid), p = _mm256_maskload_ps(prob_row + k, valid);
+      const __m256 qs = _mm256_mul_ps(s, scale_s), qq = _mm256_mul_ps(_mm256_mul_ps(s, s), scale_q),
+                   qp = _mm256_mul_ps(p, scale_p);
+      const __m256 ok = _mm256_and_ps(
+          _mm256_and_ps(_mm256_cmp_ps(_mm256_and_ps(qs, magnitude), bound, _CMP_LE_OQ), _mm256_cmp_ps(qq, bound, _CMP_LE_OQ)),
+          _mm256_cmp_ps(_mm256_and_ps(qp, magnitude), bound, _CMP_LE_OQ));
+      if (_mm256_movemask_ps(ok) != 0xff) break;  // the scalar loop below handles the rest of the row
+      auto add = [](std::int32_t* out, __m256 value) {
+        __m256i* at = reinterpret_cast<__m256i*>(out);
+        _mm256_storeu_si256(at, _mm256_add_epi32(_mm256_loadu_si256(at), _mm256_cvtps_epi32(value)));
+      };
+      add(s_out + k, qs);
+      add(q_out + k, qq);
+      add(p_out + k, qp);
+    }
+#endif
+    for (; k < n; ++k) {
+      const float s = score_row[k];
+      const float qs = s * score_scale, qq = (s * s) * square_scale, qp = prob_row[k] * prob_scale;
+      if (std::fabs(qs) <= limit) s_out[k] += static_cast<std::int32_t>(std::nearbyint(qs));
+      else score_sum.skip(1);
+      if (qq <= limit) q_out[k] += static_cast<std::int32_t>(std::nearbyint(qq));
+      else square_sum.skip(1);
+      if (std::fabs(qp) <= limit) p_out[k] += static_cast<std::int32_t>(std::nearbyint(qp));
+      else prob_sum.skip(1);
+    }
+  }
+
+  struct RowRange {
+    Index begin, end, offset;  ///< visible keys [begin, end) of a row, stored from `offset` on
+  };
   Index seq_len_;
   Mask mask_;
-  std::vector<std::pair<Index, Index>> visible_;  ///< (query, key), column-major order
+  std::vector<RowRange> rows_;
+  std::vector<std::pair<Index, Index>> visible_;  ///< (query, key), row by row
   std::vector<detail::ExactSum> score_sum_, score_square_sum_, prob_sum_;
-  std::vector<double> buffer_;
+  template <class Scalar>
+  using RowMatrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  template <class Scalar>
+  RowMatrix<Scalar>& copy_buffer(int which) {
+    if constexpr (std::is_same_v<Scalar, float>) return float_copies_[which];
+    else return double_copies_[which];
+  }
+  RowMatrix<float> float_copies_[2];    ///< add_layer only
+  RowMatrix<double> double_copies_[2];  ///< add_layer only
 };
 
 /// Runs samples [first_sample, first_sample + B) and returns their (mergeable) sums.
@@ -174,27 +332,45 @@ MonteCarloAccumulator monte_carlo_accumulate(const DecoderConfig& config, const 
   const int hardware = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   const int threads = static_cast<int>(std::min<std::int64_t>(options.threads == 0 ? hardware : options.threads,
                                                               options.samples));
+  // Gram-space propagation (NOTES Sec. 5) when it does less work: no RoPE and d > 2S/3.
+  const bool use_gram = options.path == MonteCarloPath::Gram ||
+                        (options.path == MonteCarloPath::Auto &&
+                         detail::TiledGramKernel<Scalar>::preferred(config, inputs.seq_len, inputs.dim));
+  detail::require(!(use_gram && config.rope), "Monte Carlo path", "gram", "no RoPE (use Auto or Direct)");
   constexpr std::int64_t kChunk = 32;
   const std::int64_t total = options.samples;
   std::atomic<std::int64_t> next{0}, done{0};
-  std::vector<MonteCarloAccumulator> partial(static_cast<std::size_t>(threads), MonteCarloAccumulator(config, inputs));
+  const SumGrid grid = std::is_same_v<Scalar, float> ? SumGrid::Float : SumGrid::Double;
+  std::vector<MonteCarloAccumulator> partial(static_cast<std::size_t>(threads), MonteCarloAccumulator(config, inputs, grid));
   std::vector<std::exception_ptr> errors(static_cast<std::size_t>(threads));
 
   auto work = [&](int worker) {
     try {
       InputGenerator generator(inputs, options.seed);
-      detail::DecoderKernel<Scalar> kernel(config, inputs.seq_len, inputs.dim);
-      Matrix<Scalar> state;
       MonteCarloAccumulator& sums = partial[static_cast<std::size_t>(worker)];
+      // Both kernels start from tokens in the direct kernel's padded row-major state.
+      detail::DecoderKernel<Scalar> kernel(config, inputs.seq_len, inputs.dim);
+      std::optional<detail::TiledGramKernel<Scalar>> gram;
+      if (use_gram) gram.emplace(config, inputs.seq_len, inputs.dim);
       for (;;) {
         const std::int64_t begin = next.fetch_add(kChunk);
         if (begin >= total) break;
         const std::int64_t end = std::min(begin + kChunk, total);
         for (std::int64_t b = begin; b < end; ++b) {
-          generator.generate(options.first_sample + static_cast<std::uint64_t>(b), state);
+          generator.generate_into<Scalar>(options.first_sample + static_cast<std::uint64_t>(b),
+                                                   kernel.state_rows());
+          if (gram) {
+            gram->load(kernel.state_data(), kernel.state_stride());
+            for (Index l = 0; l < config.layers; ++l) {
+              gram->step(l + 1 < config.layers);
+              sums.add_layer_rows(l, gram->score_data(), gram->prob_data(), gram->row_stride());
+            }
+            continue;
+          }
           for (Index l = 0; l < config.layers; ++l) {
-            kernel.layer(state);
-            sums.add_layer(l, kernel.scores(), kernel.probs());
+            // The last layer's output is never looked at: skip its A Y.
+            kernel.step(l + 1 < config.layers);
+            sums.add_layer_rows(l, kernel.score_data(), kernel.prob_data(), kernel.row_stride());
           }
         }
         const std::int64_t finished = done.fetch_add(end - begin) + (end - begin);

@@ -101,22 +101,6 @@ Rgb interpolate_anchors(const std::array<ColourAnchor, N>& anchors, double t) {
   return {a.red + w * (b.red - a.red), a.green + w * (b.green - a.green), a.blue + w * (b.blue - a.blue)};
 }
 
-/// NumPy's default percentile (method "linear"): sorted x, position q / 100 * (n - 1), linear
-/// interpolation between the neighbouring order statistics.
-/// \param values finite values, any order (copied and sorted).
-/// \param q percentile in [0, 100].
-/// \pre values is not empty; 0 <= q <= 100.
-inline double percentile(std::vector<double> values, double q) {
-  require(!values.empty(), "values", values.size(), "at least one finite entry");
-  require(q >= 0.0 && q <= 100.0, "percentile", q, "0 <= percentile <= 100");
-  std::sort(values.begin(), values.end());
-  const double position = q / 100.0 * static_cast<double>(values.size() - 1);
-  const auto lower = static_cast<std::size_t>(std::floor(position));
-  const std::size_t upper = std::min(lower + 1, values.size() - 1);
-  const double fraction = position - static_cast<double>(lower);
-  return values[lower] + fraction * (values[upper] - values[lower]);
-}
-
 /// Tick positions for the range [low, high]: multiples of the smallest "nice" step (1, 2, 2.5 or 5
 /// times a power of ten) that puts at most `max_ticks` ticks inside the range, like matplotlib's
 /// MaxNLocator.
