@@ -26,10 +26,12 @@ namespace maskpos {
 ///
 /// Entry k + (S - 1) holds the mean of the entries (i, i - k), for k = -(S-1)..S-1 (k > 0: below the
 /// main diagonal, key before query). Diagonals with no visible entry hold NaN.
-/// \pre scores is square
+/// \pre scores is square (else std::invalid_argument: a wider matrix would index before the first diagonal)
 inline std::vector<double> diagonal_means(const Matrix<double>& scores) {
+  detail::require(scores.rows() == scores.cols(), "diagonal_means: scores size",
+                  std::to_string(scores.rows()) + "x" + std::to_string(scores.cols()), "a square matrix");
   const Index S = scores.rows();
-  std::vector<double> sum(static_cast<std::size_t>(2 * S - 1), 0.0);
+  std::vector<double> sum(S == 0 ? 0 : static_cast<std::size_t>(2 * S - 1), 0.0);  // 0 x 0: no diagonal
   std::vector<Index> count(sum.size(), 0);
   for (Index j = 0; j < S; ++j)
     for (Index i = 0; i < S; ++i)
@@ -45,6 +47,7 @@ inline std::vector<double> diagonal_means(const Matrix<double>& scores) {
 
 /// T(S): every visible entry replaced by the mean of its diagonal (the best purely relative,
 /// Toeplitz, approximation in least squares over the visible entries). Masked entries stay NaN.
+/// \pre scores is square (std::invalid_argument otherwise; so for diagonal_normalize and non_relative_fraction)
 inline Matrix<double> relative_projection(const Matrix<double>& scores) {
   const Index S = scores.rows();
   const auto means = diagonal_means(scores);

@@ -149,11 +149,17 @@ class GramKernel {
       switch (config_.norm) {
         case Norm::L2: {
           const Scalar length = std::sqrt(square);
-          inv_norm_(i) = Scalar(1) / (length > eps ? length : eps);
+          const Scalar divisor = length > eps ? length : eps;
+          // eps = 0 and a zero row: the row maps to zero, as in normalize_rows.
+          inv_norm_(i) = divisor > 0 ? Scalar(1) / divisor : Scalar(0);
           break;
         }
         case Norm::LayerNorm:
-        case Norm::RMSNorm: inv_norm_(i) = Scalar(1) / std::sqrt(square / width + eps); break;
+        case Norm::RMSNorm: {
+          const Scalar divisor = std::sqrt(square / width + eps);
+          inv_norm_(i) = divisor > 0 ? Scalar(1) / divisor : Scalar(0);
+          break;
+        }
         case Norm::None: inv_norm_(i) = Scalar(1); break;
       }
     }

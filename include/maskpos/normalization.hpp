@@ -34,7 +34,9 @@ inline std::string to_string(Norm norm) {
 ///
 /// Degenerate rows have defined results: a zero row under L2 and a constant row under LayerNorm
 /// both map to the zero row (the eps keeps the division finite), exactly as torch's
-/// F.normalize and F.layer_norm do.
+/// F.normalize and F.layer_norm do. With eps = 0 the divisor of such a row is 0: the row then maps
+/// to the zero row as well (never 0/0 = NaN). (A constant row whose mean is not exactly
+/// representable leaves rounding residue of order eps_machine |x| / sqrt(var + eps) under LayerNorm.)
 /// \param eps  the epsilon of the norm (L2: lower bound on the norm; LayerNorm/RMSNorm: added to
 ///             the variance / mean square). \pre eps >= 0.
 template <class Scalar, class Derived, class OutDerived>
@@ -48,18 +50,23 @@ void normalize_rows(const Eigen::MatrixBase<Derived>& tokens, Eigen::MatrixBase<
     switch (norm) {
       case Norm::L2: {
         const Scalar length = tokens.row(i).norm();
-        normalized.row(i) = tokens.row(i) / (length > eps_s ? length : eps_s);
+        const Scalar divisor = length > eps_s ? length : eps_s;
+        if (divisor > 0) normalized.row(i) = tokens.row(i) / divisor;
+        else normalized.row(i).setZero();  // eps = 0 and a zero row
         break;
       }
       case Norm::LayerNorm: {
         const Scalar mean = tokens.row(i).mean();
         const Scalar var = (tokens.row(i).array() - mean).square().sum() / static_cast<Scalar>(dim);
-        normalized.row(i) = (tokens.row(i).array() - mean) / std::sqrt(var + eps_s);
+        const Scalar divisor = std::sqrt(var + eps_s);
+        if (divisor > 0) normalized.row(i) = (tokens.row(i).array() - mean) / divisor;
+        else normalized.row(i).setZero();  // eps = 0 and a constant row
         break;
       }
       case Norm::RMSNorm: {
-        const Scalar mean_square = tokens.row(i).squaredNorm() / static_cast<Scalar>(dim);
-        normalized.row(i) = tokens.row(i) / std::sqrt(mean_square + eps_s);
+        const Scalar divisor = std::sqrt(tokens.row(i).squaredNorm() / static_cast<Scalar>(dim) + eps_s);
+        if (divisor > 0) normalized.row(i) = tokens.row(i) / divisor;
+        else normalized.row(i).setZero();  // eps = 0 and a zero row
         break;
       }
       case Norm::None: normalized.row(i) = tokens.row(i); break;

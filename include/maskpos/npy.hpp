@@ -391,7 +391,8 @@ inline NpyArray read_npy(const std::string& path) {
 
 /// The matrices of a 2-D array (one matrix, shape [rows, cols]) or a 3-D array (shape [n, rows, cols]:
 /// n matrices, entry [k, i, j] is matrix k at (i, j)).
-/// Throws std::runtime_error naming `name` when the array has another number of dimensions.
+/// Throws std::runtime_error naming `name` when the array has another number of dimensions, or when
+/// it is 3-D with n >= 1 empty matrices (rows or cols 0; a 2-D empty matrix is returned as such).
 inline std::vector<Matrix<double>> npy_to_matrices(const NpyArray& array, const std::string& name = "array") {
   if (array.ndim() != 2 && array.ndim() != 3)
     detail::throw_file_error("read_npy", name,
@@ -401,6 +402,12 @@ inline std::vector<Matrix<double>> npy_to_matrices(const NpyArray& array, const 
   if (rows > static_cast<std::size_t>(std::numeric_limits<Index>::max()) ||
       cols > static_cast<std::size_t>(std::numeric_limits<Index>::max()))
     detail::throw_file_error("read_npy", name, "matrix dimensions too large");
+  // Each matrix costs memory even when it holds no values, so n empty matrices would let a file of
+  // a hundred bytes demand n * sizeof(Matrix) bytes (found by fuzz/fuzz_npy): refuse such stacks.
+  if (array.ndim() == 3 && n > 0 && rows * cols == 0)
+    detail::throw_file_error("read_npy", name,
+                             "a stack of empty matrices, shape " + detail::npy_shape_text(array.shape) +
+                                 " (each matrix needs at least one row and one column)");
   std::vector<Matrix<double>> matrices;
   matrices.reserve(n);
   for (std::size_t k = 0; k < n; ++k) {
