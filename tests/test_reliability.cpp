@@ -165,7 +165,7 @@ TEST_CASE("non-finite user tokens and Gram matrices are rejected at the first of
   CHECK_THAT(invalid_argument_message([&] { maskpos::forward<double>(config, tokens); }), Contains("tokens(4, 1)"));
 }
 
-TEST_CASE("a .npy stack of empty matrices is refused before anything is allocated (found by fuzz_npy)") {
+TEST_CASE("empty .npy shapes cost neither memory nor time (found by fuzz_npy)") {
   // shape (2^40, 0, 3): no data bytes, but 2^40 matrix objects would need 26 TB.
   std::string header = "{'descr': '<f8', 'fortran_order': False, 'shape': (1099511627776, 0, 3), }";
   while ((10 + header.size() + 1) % 64 != 0) header += ' ';
@@ -176,6 +176,24 @@ TEST_CASE("a .npy stack of empty matrices is refused before anything is allocate
   CHECK(array.data.empty());
   CHECK_THROWS_WITH(maskpos::npy_to_matrices(array, "stack.npy"),
                     Contains("stack.npy") && Contains("a stack of empty matrices") && Contains("(1099511627776, 0, 3)"));
+  // shape (2^39, 0): a 2-D matrix without columns comes back at once (no loop over its 2^39 rows).
+  header = "{'descr': '<f8', 'fortran_order': False, 'shape': (549755813888, 0), }";
+  while ((10 + header.size() + 1) % 64 != 0) header += ' ';
+  header += '\n';
+  bytes = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, static_cast<std::uint8_t>(header.size()), 0};
+  bytes.insert(bytes.end(), header.begin(), header.end());
+  const auto tall = maskpos::npy_to_matrices(maskpos::parse_npy(bytes.data(), bytes.size(), "tall.npy"), "tall.npy");
+  REQUIRE(tall.size() == 1);
+  CHECK(tall[0].rows() == 549755813888);
+  CHECK(tall[0].cols() == 0);
+  // A hand-made NpyArray whose data does not fill its shape is refused, not read past its end.
+  maskpos::NpyArray short_array;
+  short_array.shape = {3, 4};
+  short_array.data.assign(11, 1.0);
+  CHECK_THROWS_WITH(maskpos::npy_to_matrices(short_array, "short"), Contains("short") && Contains("11 values"));
+  short_array.shape = {2, 3, 2};
+  short_array.data.assign(13, 1.0);
+  CHECK_THROWS_WITH(maskpos::npy_to_matrices(short_array, "short"), Contains("13 values"));
   // A 2-D empty matrix is still returned as such.
   maskpos::NpyArray empty;
   empty.shape = {0, 3};

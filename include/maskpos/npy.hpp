@@ -392,7 +392,8 @@ inline NpyArray read_npy(const std::string& path) {
 /// The matrices of a 2-D array (one matrix, shape [rows, cols]) or a 3-D array (shape [n, rows, cols]:
 /// n matrices, entry [k, i, j] is matrix k at (i, j)).
 /// Throws std::runtime_error naming `name` when the array has another number of dimensions, or when
-/// it is 3-D with n >= 1 empty matrices (rows or cols 0; a 2-D empty matrix is returned as such).
+/// it is 3-D with n >= 1 empty matrices (rows or cols 0; a 2-D empty matrix is returned as such), or
+/// when array.data does not hold exactly product(shape) values (possible only for a hand-made NpyArray).
 inline std::vector<Matrix<double>> npy_to_matrices(const NpyArray& array, const std::string& name = "array") {
   if (array.ndim() != 2 && array.ndim() != 3)
     detail::throw_file_error("read_npy", name,
@@ -404,17 +405,27 @@ inline std::vector<Matrix<double>> npy_to_matrices(const NpyArray& array, const 
     detail::throw_file_error("read_npy", name, "matrix dimensions too large");
   // Each matrix costs memory even when it holds no values, so n empty matrices would let a file of
   // a hundred bytes demand n * sizeof(Matrix) bytes (found by fuzz/fuzz_npy): refuse such stacks.
-  if (array.ndim() == 3 && n > 0 && rows * cols == 0)
+  const bool per_overflows = cols != 0 && rows > std::numeric_limits<std::size_t>::max() / cols;
+  const std::size_t per = per_overflows ? 0 : rows * cols;
+  if (array.ndim() == 3 && n > 0 && per == 0 && !per_overflows)
     detail::throw_file_error("read_npy", name,
                              "a stack of empty matrices, shape " + detail::npy_shape_text(array.shape) +
                                  " (each matrix needs at least one row and one column)");
+  // NpyArray is a plain struct: check that data holds the values its shape promises (never read past it).
+  if (per_overflows || (per == 0 ? !array.data.empty() : array.data.size() % per != 0 || array.data.size() / per != n))
+    detail::throw_file_error("read_npy", name,
+                             "shape " + detail::npy_shape_text(array.shape) + " does not match the " +
+                                 std::to_string(array.data.size()) + " values held");
   std::vector<Matrix<double>> matrices;
   matrices.reserve(n);
   for (std::size_t k = 0; k < n; ++k) {
     Matrix<double> m(static_cast<Index>(rows), static_cast<Index>(cols));
-    const double* block = array.data.data() + k * rows * cols;
-    for (std::size_t i = 0; i < rows; ++i)
-      for (std::size_t j = 0; j < cols; ++j) m(static_cast<Index>(i), static_cast<Index>(j)) = block[i * cols + j];
+    // No loop over the rows of a matrix without columns: a (2^39, 0) file is 128 bytes (found by fuzz_npy).
+    if (m.size() > 0) {
+      const double* block = array.data.data() + k * rows * cols;
+      for (std::size_t i = 0; i < rows; ++i)
+        for (std::size_t j = 0; j < cols; ++j) m(static_cast<Index>(i), static_cast<Index>(j)) = block[i * cols + j];
+    }
     matrices.push_back(std::move(m));
   }
   return matrices;
