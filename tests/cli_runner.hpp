@@ -4,16 +4,21 @@
 
 #include <maskpos/npy.hpp>
 
+#include <catch2/catch.hpp>
+
 #include <nlohmann/json.hpp>
 
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace cli_runner {
 
@@ -57,6 +62,27 @@ inline nlohmann::json read_json(const fs::path& path) {
 inline bool same_or_both_nan(const Eigen::MatrixXd& a, const Eigen::MatrixXd& b) {
   return a.rows() == b.rows() && a.cols() == b.cols() &&
          ((a.array() == b.array()) || (a.array().isNaN() && b.array().isNaN())).all();
+}
+
+/// Runs every (arguments, needle) case against an existing DIR `out` holding only keep.txt and
+/// against a DIR `missing` that does not exist: each must exit with code 2 and one stderr line that
+/// contains `needle`, leave `out` as it was, not create `missing`, and leave no staging directory.
+inline void check_bad_input(const std::vector<std::pair<std::string, std::string>>& cases, const fs::path& out,
+                            const fs::path& missing) {
+  for (const auto& [arguments, needle] : cases) {
+    for (const fs::path& target : {out, missing}) {
+      const auto outcome = run(arguments + " --quiet --out " + target.string());
+      INFO(arguments << " -> " << outcome.stderr_text);
+      CHECK(outcome.exit_code == 2);
+      CHECK(outcome.stderr_text.find(needle) != std::string::npos);
+      CHECK(std::count(outcome.stderr_text.begin(), outcome.stderr_text.end(), '\n') == 1);
+    }
+    CHECK(!fs::exists(missing));
+    CHECK(std::distance(fs::directory_iterator(out), fs::directory_iterator{}) == 1);
+    CHECK(fs::exists(out / "keep.txt"));
+  }
+  for (const auto& entry : fs::directory_iterator(fs::temp_directory_path()))
+    CHECK(entry.path().filename().string().find(out.filename().string() + ".tmp") == std::string::npos);
 }
 
 }  // namespace cli_runner

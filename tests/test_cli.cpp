@@ -155,21 +155,7 @@ TEST_CASE("bad input: exit code 2, one line naming the option, DIR untouched") {
       {"analyze " + missing.string() + "/none.npy", "none.npy"},
       {"analyze " + garbage.string(), "garbage"},
   };
-  for (const auto& [arguments, needle] : cases) {
-    for (const fs::path& target : {out, missing}) {
-      const auto outcome = run(arguments + " --quiet --out " + target.string());
-      INFO(arguments << " -> " << outcome.stderr_text);
-      CHECK(outcome.exit_code == 2);
-      CHECK(outcome.stderr_text.find(needle) != std::string::npos);
-      CHECK(std::count(outcome.stderr_text.begin(), outcome.stderr_text.end(), '\n') == 1);
-    }
-    CHECK(!fs::exists(missing));
-    CHECK(std::distance(fs::directory_iterator(out), fs::directory_iterator{}) == 1);
-    CHECK(fs::exists(out / "keep.txt"));
-  }
-  // No staging directory is left next to the targets.
-  for (const auto& entry : fs::directory_iterator(fs::temp_directory_path()))
-    CHECK(entry.path().filename().string().find(out.filename().string() + ".tmp") == std::string::npos);
+  cli_runner::check_bad_input(cases, out, missing);
   fs::remove_all(out);
   fs::remove(garbage);
 }
