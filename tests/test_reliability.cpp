@@ -14,6 +14,8 @@
 
 #include <catch2/catch.hpp>
 
+#include "reference.hpp"
+
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -28,6 +30,8 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -239,8 +243,8 @@ TEMPLATE_TEST_CASE("a zero row under L2 and a constant row under LayerNorm map t
     CHECK(out.row(0).isZero(0));
     CHECK(out.allFinite());
   }
-  // Through the decoder and the Gram engine (eps > 0: their own row normalisation does not yet guard
-  // eps = 0, see docs/reliability.md): a zero token scores 0 and everything stays finite.
+  // Through the decoder and the Gram engine with the default eps (eps = 0: the next test): a zero token
+  // scores 0 and everything stays finite.
   for (const maskpos::Norm norm : {maskpos::Norm::L2, maskpos::Norm::LayerNorm, maskpos::Norm::RMSNorm}) {
     auto config = config_with(norm, maskpos::ScoreScale::one(), maskpos::Mask::causal(), 2);
     config.norm_eps = 1e-12;
@@ -256,6 +260,68 @@ TEMPLATE_TEST_CASE("a zero row under L2 and a constant row under LayerNorm map t
       // Row 0 sees only itself (causal): a zero row scores 0 against itself.
       CHECK(traces[l].scores(0, 0) == 0);
       CHECK(grams[l].scores(0, 0) == 0);
+    }
+  }
+}
+
+TEMPLATE_TEST_CASE("norm_eps = 0: zero and constant rows map to the zero row in every engine, as in the reference",
+                   "", float, double) {
+  using Scalar = TestType;
+  // Row 0 is zero; under the causal mask with the residual it stays zero in every layer (it sees only
+  // itself, and its normalised row is 0). Row 2 is constant in layer 1. d = 8 is a power of two, so the
+  // mean and 1/d are exact and the constant row centres to exactly 0 in every engine. The tokens are
+  // float-representable, so both precisions see the same input.
+  const Index S = 5, d = 8, L = 3;
+  Eigen::MatrixXd tokens = lattice_tokens(S, d).cast<float>().cast<double>();
+  tokens.row(0).setZero();
+  tokens.row(2).setConstant(2.0);
+  reference::Rows rows(static_cast<std::size_t>(S), std::vector<double>(static_cast<std::size_t>(d)));
+  for (Index i = 0; i < S; ++i)
+    for (Index k = 0; k < d; ++k) rows[static_cast<std::size_t>(i)][static_cast<std::size_t>(k)] = tokens(i, k);
+  // Scores in [-1, 1] for every norm (c = 1 for unit rows, 1/d for rows of norm sqrt(d)).
+  const double tolerance = std::is_same_v<Scalar, float> ? 2e-5 : 1e-12;
+  for (const auto& [norm, name] : std::vector<std::pair<maskpos::Norm, std::string>>{
+           {maskpos::Norm::L2, "l2"}, {maskpos::Norm::LayerNorm, "layernorm"}, {maskpos::Norm::RMSNorm, "rmsnorm"}}) {
+    auto config = config_with(norm, norm == maskpos::Norm::L2 ? maskpos::ScoreScale::one() : maskpos::ScoreScale::inv_dim(),
+                              maskpos::Mask::causal(), L);
+    config.norm_eps = 0;
+    // The independent reference (tests/reference.hpp) with eps = 1e-300: no regular row notices so small
+    // an eps, and it divides a degenerate row's zeros by sqrt(1e-300) > 0, i.e. maps it to the zero row.
+    const auto expected = reference::decoder(rows, static_cast<int>(L), name, config.scale.factor(d), true,
+                                             [](int i, int j) { return j <= i; }, 1e-300);
+    const auto traces = maskpos::forward<Scalar>(config, tokens);
+    const auto grams = maskpos::forward_gram<Scalar>(config, tokens);
+    // Monte Carlo on both paths: every sample is these tokens, so the means are their scores.
+    std::vector<maskpos::MonteCarloResult> runs;
+    for (const auto path : {maskpos::MonteCarloPath::Direct, maskpos::MonteCarloPath::Gram}) {
+      maskpos::MonteCarloOptions options;
+      options.samples = 3;
+      options.threads = 1;
+      options.path = path;
+      runs.push_back(maskpos::monte_carlo<Scalar>(config, maskpos::InputSpec::user(tokens), options));
+      CHECK(runs.back().out_of_range == 0);
+    }
+    for (Index l = 0; l < L; ++l) {
+      const auto& want = expected[static_cast<std::size_t>(l)];
+      const std::size_t layer = static_cast<std::size_t>(l);
+      INFO("norm " << name << ", layer " << l + 1);
+      // A zero normalised row scores exactly 0 against itself.
+      CHECK(traces[layer].scores(0, 0) == 0);
+      CHECK(grams[layer].scores(0, 0) == 0);
+      for (Index i = 0; i < S; ++i)
+        for (Index j = 0; j <= i; ++j) {
+          const double score = want.scores[static_cast<std::size_t>(i)][static_cast<std::size_t>(j)];
+          const double prob = want.probs[static_cast<std::size_t>(i)][static_cast<std::size_t>(j)];
+          INFO("(" << i << ", " << j << "): reference score " << score << ", probability " << prob);
+          CHECK(std::abs(static_cast<double>(traces[layer].scores(i, j)) - score) <= tolerance);
+          CHECK(std::abs(static_cast<double>(traces[layer].probs(i, j)) - prob) <= tolerance);
+          CHECK(std::abs(static_cast<double>(grams[layer].scores(i, j)) - score) <= tolerance);
+          CHECK(std::abs(static_cast<double>(grams[layer].probs(i, j)) - prob) <= tolerance);
+          for (const auto& run : runs) {
+            CHECK(std::abs(run.mean_scores[layer](i, j) - score) <= tolerance);
+            CHECK(std::abs(run.mean_probs[layer](i, j) - prob) <= tolerance);
+          }
+        }
     }
   }
 }

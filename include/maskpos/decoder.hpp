@@ -236,16 +236,16 @@ class DecoderKernel {
       switch (config_.norm) {
         case Norm::L2: {
           const Scalar length = std::sqrt(x.square().sum());
-          y = x * (Scalar(1) / (length > eps ? length : eps));
+          y = x * inverse_or_zero(length > eps ? length : eps);
           break;
         }
         case Norm::LayerNorm: {
           const Scalar mean = x.sum() * inv_dim;
           const Scalar var = (x - mean).square().sum() * inv_dim;
-          y = (x - mean) * (Scalar(1) / std::sqrt(var + eps));
+          y = (x - mean) * inverse_or_zero(std::sqrt(var + eps));
           break;
         }
-        case Norm::RMSNorm: y = x * (Scalar(1) / std::sqrt(x.square().sum() * inv_dim + eps)); break;
+        case Norm::RMSNorm: y = x * inverse_or_zero(std::sqrt(x.square().sum() * inv_dim + eps)); break;
         case Norm::None: y = x; break;
       }
     }

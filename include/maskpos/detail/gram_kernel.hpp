@@ -135,7 +135,7 @@ class TiledGramKernel {
                                   rows_, to - from, lower_.data() + first * rows_ + key, rows_);
   }
 
-  /// D and N = D H D from G (H = G - r r^T / d for LayerNorm); lengths_ = 1 / D.
+  /// D and N = D H D from G (H = G - r r^T / d for LayerNorm); lengths_ = 1 / D (0 where D is 0).
   void normalize() {
     const Scalar eps = static_cast<Scalar>(config_.norm_eps);
     const Scalar inv_dim = Scalar(1) / static_cast<Scalar>(dim_);
@@ -146,15 +146,15 @@ class TiledGramKernel {
       switch (config_.norm) {
         case Norm::L2: {
           const Scalar length = std::sqrt(std::max(h, Scalar(0)));
-          d = Scalar(1) / (length > eps ? length : eps);
+          d = inverse_or_zero(length > eps ? length : eps);
           break;
         }
-        case Norm::LayerNorm: d = Scalar(1) / std::sqrt(std::max(h, Scalar(0)) * inv_dim + eps); break;
-        case Norm::RMSNorm: d = Scalar(1) / std::sqrt(h * inv_dim + eps); break;
+        case Norm::LayerNorm: d = inverse_or_zero(std::sqrt(std::max(h, Scalar(0)) * inv_dim + eps)); break;
+        case Norm::RMSNorm: d = inverse_or_zero(std::sqrt(h * inv_dim + eps)); break;
         case Norm::None: d = 1; break;
       }
       scaling_[i] = d;
-      lengths_[i] = Scalar(1) / d;
+      lengths_[i] = inverse_or_zero(d);  // D^{-1}; 0 for a row mapped to zero (its columns of U are 0)
     }
     using Row = Eigen::Map<Eigen::Array<Scalar, 1, Eigen::Dynamic>>;
     for (Index i = 0; i < seq_len_; ++i) {
