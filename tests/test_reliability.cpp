@@ -169,6 +169,20 @@ TEST_CASE("non-finite user tokens and Gram matrices are rejected at the first of
   CHECK_THAT(invalid_argument_message([&] { maskpos::forward<double>(config, tokens); }), Contains("tokens(4, 1)"));
 }
 
+TEST_CASE("user inputs whose tokens are not seq_len x dim are rejected") {
+  maskpos::DecoderConfig config;
+  for (const auto& [rows, cols] : std::vector<std::pair<Index, Index>>{{3, 4}, {5, 6}, {0, 0}}) {
+    const maskpos::InputSpec spec{maskpos::InputKind::User, 5, 4, 0.0, lattice_tokens(rows, cols)};
+    const std::string shape = "tokens shape = " + std::to_string(rows) + " x " + std::to_string(cols);
+    for (const auto& message : {invalid_argument_message([&] { spec.validate(); }),
+                                invalid_argument_message([&] { maskpos::monte_carlo<float>(config, spec, {}); })}) {
+      INFO(message);
+      CHECK_THAT(message, Contains(shape) && Contains("seq_len x dim = 5 x 4"));
+    }
+  }
+  CHECK_NOTHROW(maskpos::InputSpec::user(lattice_tokens(5, 4)).validate());
+}
+
 TEST_CASE("empty .npy shapes cost neither memory nor time (found by fuzz_npy)") {
   // shape (2^40, 0, 3): no data bytes, but 2^40 matrix objects would need 26 TB.
   std::string header = "{'descr': '<f8', 'fortran_order': False, 'shape': (1099511627776, 0, 3), }";

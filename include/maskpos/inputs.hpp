@@ -50,7 +50,8 @@ struct InputSpec {
   }
 
   /// Throws std::invalid_argument naming the first parameter out of range.
-  /// \pre S >= 1, d >= 1, 0 <= alpha <= 1; Orthonormal: d >= S; User: finite entries.
+  /// \pre S >= 1, d >= 1, 0 <= alpha <= 1; Orthonormal: d >= S; User: S x d tokens, finite entries
+  /// (the first non-finite one is reported, row by row, as everywhere in maskpos).
   void validate() const {
     detail::require(seq_len >= 1, "seq_len S", seq_len, "S >= 1");
     detail::require(dim >= 1, "dim d", dim, "d >= 1");
@@ -58,6 +59,9 @@ struct InputSpec {
     if (kind == InputKind::Orthonormal)
       detail::require(dim >= seq_len, "dim d", dim, "d >= S = " + detail::to_text(seq_len) + " for orthonormal inputs");
     if (kind == InputKind::User) {
+      detail::require(tokens.rows() == seq_len && tokens.cols() == dim, "tokens shape",
+                      std::to_string(tokens.rows()) + " x " + std::to_string(tokens.cols()),
+                      "seq_len x dim = " + std::to_string(seq_len) + " x " + std::to_string(dim) + " for user inputs");
       for (Index i = 0; i < tokens.rows(); ++i)
         for (Index j = 0; j < tokens.cols(); ++j)
           if (!std::isfinite(tokens(i, j)))
