@@ -157,16 +157,72 @@ TEST_CASE("non-finite user tokens and Gram matrices are rejected at the first of
       CHECK_THAT(message, Contains("gram(4, 1) = " + value));
     }
   }
-  // Several offending entries: the Gram check and forward() scan in Eigen's storage order (column by
-  // column), so the first one reported is the one in the leftmost column.
-  Eigen::MatrixXd gram = Eigen::MatrixXd::Identity(S, S);
-  gram(0, 3) = kNaN;
-  gram(4, 1) = kInf;
-  CHECK_THAT(invalid_argument_message([&] { maskpos::MeanFieldInputs::gram(gram); }), Contains("initial_gram(4, 1)"));
+  // Several offending entries, placed so that a row-by-row and a column-by-column scan disagree:
+  // every entry point reports the first in row order, (0, 3), as a reader lists a matrix (not (2, 0),
+  // the first in Eigen's column-major storage).
   Eigen::MatrixXd tokens = lattice_tokens(S, d);
   tokens(0, 3) = kNaN;
-  tokens(4, 1) = kNaN;
-  CHECK_THAT(invalid_argument_message([&] { maskpos::forward<double>(config, tokens); }), Contains("tokens(4, 1)"));
+  tokens(2, 0) = kInf;
+  tokens(4, 1) = -kInf;
+  for (const auto& message :
+       {invalid_argument_message([&] { maskpos::forward<double>(config, tokens); }),
+        invalid_argument_message([&] { maskpos::forward<float>(config, tokens); }),
+        invalid_argument_message([&] { maskpos::forward_gram<double>(config, tokens); }),
+        invalid_argument_message([&] { maskpos::InputSpec::user(tokens).validate(); }),
+        invalid_argument_message([&] { maskpos::monte_carlo<double>(config, maskpos::InputSpec::user(tokens), {}); })}) {
+    INFO(message);
+    CHECK_THAT(message, Contains("tokens(0, 3) = nan"));
+  }
+  Eigen::MatrixXd gram = Eigen::MatrixXd::Identity(S, S);
+  gram(0, 3) = kNaN;
+  gram(2, 0) = kInf;
+  gram(4, 1) = -kInf;
+  CHECK_THAT(invalid_argument_message([&] { maskpos::MeanFieldInputs::gram(gram); }), Contains("initial_gram(0, 3) = nan"));
+  CHECK_THAT(invalid_argument_message([&] { maskpos::forward_gram<double>(config, maskpos::GramState<double>{gram, {}, d}); }),
+             Contains("gram(0, 3) = nan"));
+}
+
+TEST_CASE("user tokens beyond the compute type's range: std::invalid_argument with the position and the allowed range") {
+  const Index S = 4, d = 4;
+  maskpos::DecoderConfig config;
+  config.layers = 2;
+  config.residual = false;  // layer 2 sees A Y only: the same for tokens of any scale under L2
+  // 1e39 is finite in double but beyond float (max 3.4e38); 1e20 is a float, but a row holding it has
+  // a squared norm of at least 1e40, beyond float too.
+  for (const double huge : {1e39, 1e20}) {
+    Eigen::MatrixXd tokens = lattice_tokens(S, d);
+    tokens(1, 2) = huge;
+    tokens(3, 0) = huge;
+    const std::string value = maskpos::detail::to_text(huge);
+    for (const auto& message :
+         {invalid_argument_message([&] { maskpos::forward<float>(config, tokens); }),
+          invalid_argument_message([&] { maskpos::forward_gram<float>(config, tokens); }),
+          invalid_argument_message([&] { maskpos::monte_carlo<float>(config, maskpos::InputSpec::user(tokens), {}); })}) {
+      INFO(message);
+      CHECK(message.rfind("maskpos: tokens(1, 2) = " + value + ": must satisfy |x| <= ", 0) == 0);
+      CHECK_THAT(message, Contains("float"));
+    }
+    // The same tokens are fine in double.
+    const auto traces = maskpos::forward<double>(config, tokens);
+    CHECK(traces.back().probs.allFinite());
+  }
+  // In double the squared norm overflows beyond 1.3e154 (sqrt of 1.8e308).
+  Eigen::MatrixXd tokens = lattice_tokens(S, d);
+  tokens(2, 3) = 1e160;
+  CHECK_THAT(invalid_argument_message([&] { maskpos::forward<double>(config, tokens); }),
+             Contains("tokens(2, 3) = 1e+160: must satisfy |x| <= ") && Contains("double"));
+  // Inside the range, L2 does not see the scale: a row of 1e18 gives the scores of a row of 1 (its
+  // squared norm 4e36 is a float).
+  Eigen::MatrixXd ones = lattice_tokens(S, d);
+  ones.row(1).setOnes();
+  Eigen::MatrixXd large = ones;
+  large.row(1) *= 1e18;
+  const auto small_traces = maskpos::forward<float>(config, ones);
+  const auto large_traces = maskpos::forward<float>(config, large);
+  for (std::size_t l = 0; l < small_traces.size(); ++l) {
+    CHECK(large_traces[l].probs.allFinite());
+    CHECK((large_traces[l].probs - small_traces[l].probs).cwiseAbs().maxCoeff() <= 1e-6f);
+  }
 }
 
 TEST_CASE("user inputs whose tokens are not seq_len x dim are rejected") {

@@ -82,6 +82,7 @@ struct DecoderConfig {
     mask.validate(seq_len);
     if (rope) rope->validate(dim);
   }
+
 };
 
 /// What one layer produced for one sequence.
@@ -266,14 +267,30 @@ class DecoderKernel {
   mutable bool scores_cached_ = false, probs_cached_ = false;
 };
 
-/// Throws std::invalid_argument at the first non-finite entry of a user-supplied matrix.
+/// Throws std::invalid_argument at the first entry, row by row ((0, 0), (0, 1), ..., (1, 0), ...), of a
+/// user-supplied matrix that is not finite or, given a `limit`, exceeds it in magnitude (`why` says why).
 template <class Derived>
-void require_finite(const Eigen::MatrixBase<Derived>& values, const std::string& name) {
-  for (Index j = 0; j < values.cols(); ++j)
-    for (Index i = 0; i < values.rows(); ++i)
-      if (!std::isfinite(static_cast<double>(values(i, j))))
+void require_finite(const Eigen::MatrixBase<Derived>& values, const std::string& name,
+                    double limit = std::numeric_limits<double>::infinity(), const std::string& why = "") {
+  for (Index i = 0; i < values.rows(); ++i)
+    for (Index j = 0; j < values.cols(); ++j) {
+      const double value = static_cast<double>(values(i, j));
+      if (!std::isfinite(value) || std::fabs(value) > limit)
         throw_invalid(name + "(" + std::to_string(i) + ", " + std::to_string(j) + ")", values(i, j),
-                      "finite (no NaN or infinity)");
+                      std::isfinite(value) ? "|x| <= " + to_text(limit) + why : "finite (no NaN or infinity)");
+    }
+}
+
+/// Throws std::invalid_argument at the first entry, row by row, of user-supplied S x d tokens that is not
+/// finite or exceeds sqrt(M / (4 d)) in magnitude, M the largest Scalar: then every squared row norm is
+/// at most M / 4, finite in Scalar with room for the residual's growth.
+template <class Scalar, class Derived>
+void require_tokens(const Eigen::MatrixBase<Derived>& tokens, const std::string& name) {
+  const double largest = std::numeric_limits<Scalar>::max(), d = static_cast<double>(tokens.cols());
+  require_finite(tokens, name, std::sqrt(largest / (4 * d)),
+                 " = sqrt(M / (4 d)) with M = " + to_text(largest) + " the largest " + scalar_name<Scalar>() +
+                     " and d = " + to_text(tokens.cols()) + " (squared row norms must stay finite in " +
+                     scalar_name<Scalar>() + ")");
 }
 
 }  // namespace detail
@@ -281,7 +298,8 @@ void require_finite(const Eigen::MatrixBase<Derived>& values, const std::string&
 /// Runs the decoder on one sequence and returns every layer's scores, probabilities and output.
 ///
 /// \param config  the decoder; \pre config.validate(S, d) passes
-/// \param tokens  S x d input tokens (rows); \pre all entries finite
+/// \param tokens  S x d input tokens (rows); \pre all entries finite, |x| <= sqrt(M / (4 d)) with M the
+///                largest Scalar (see detail::require_tokens)
 /// \return L traces, layer 1 first
 ///
 /// Example (paper Fig. 1: three orthonormal tokens, L2, causal, two layers):
@@ -300,7 +318,7 @@ std::vector<LayerTrace<Scalar>> forward(const DecoderConfig& config, const Eigen
   detail::check_scalar<Scalar>();
   const Index S = tokens.rows(), d = tokens.cols();
   config.validate(S, d);
-  detail::require_finite(tokens, "tokens");
+  detail::require_tokens<Scalar>(tokens, "tokens");
   detail::DecoderKernel<Scalar> kernel(config, S, d);
   Matrix<Scalar> state = tokens.template cast<Scalar>();
   std::vector<LayerTrace<Scalar>> traces;

@@ -298,10 +298,10 @@ std::vector<GramLayerTrace<Scalar>> forward_gram(const DecoderConfig& config, co
 }
 
 /// Convenience: forward_gram() on the Gram state of the S x d tokens X (scores and probabilities equal
-/// forward(config, tokens)'s to rounding error). \pre tokens finite; see forward_gram(config, state).
+/// forward(config, tokens)'s to rounding error). \pre tokens as for forward(); see forward_gram(config, state).
 template <class Scalar, class Derived>
 std::vector<GramLayerTrace<Scalar>> forward_gram(const DecoderConfig& config, const Eigen::MatrixBase<Derived>& tokens) {
-  detail::require_finite(tokens, "tokens");
+  detail::require_tokens<Scalar>(tokens, "tokens");
   return forward_gram<Scalar>(config, GramState<Scalar>::from_tokens(tokens));
 }
 

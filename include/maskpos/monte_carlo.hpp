@@ -327,6 +327,7 @@ MonteCarloAccumulator monte_carlo_accumulate(const DecoderConfig& config, const 
   detail::check_scalar<Scalar>();
   inputs.validate();
   config.validate(inputs.seq_len, inputs.dim);
+  if (inputs.kind == InputKind::User) detail::require_tokens<Scalar>(inputs.tokens, "tokens");
   detail::require(options.samples >= 1, "samples B", options.samples, "B >= 1");
   detail::require(options.threads >= 0, "threads", options.threads, "threads >= 0 (0 = all cores)");
   const int hardware = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));

@@ -23,6 +23,13 @@ constexpr void check_scalar() {
   static_assert(std::is_same_v<Scalar, float> || std::is_same_v<Scalar, double>,
                 "maskpos: the scalar type must be float or double");
 }
+
+/// "float" or "double", for error messages.
+template <class Scalar>
+constexpr const char* scalar_name() {
+  check_scalar<Scalar>();
+  return std::is_same_v<Scalar, float> ? "float" : "double";
+}
 }  // namespace detail
 
 }  // namespace maskpos
