@@ -225,6 +225,42 @@ TEST_CASE("user tokens beyond the compute type's range: std::invalid_argument wi
   }
 }
 
+TEST_CASE("a score scale that the compute type cannot hold is rejected for that type") {
+  const Eigen::MatrixXd tokens = lattice_tokens(4, 8);
+  maskpos::DecoderConfig config;
+  config.layers = 2;
+  for (const double c : {1e300, 1e-300}) {
+    // Finite and positive in double, but inf or 0 in float.
+    config.scale = maskpos::ScoreScale::custom(c);
+    const std::string value = maskpos::detail::to_text(c);
+    for (const auto& message :
+         {invalid_argument_message([&] { maskpos::forward<float>(config, tokens); }),
+          invalid_argument_message([&] { maskpos::forward_gram<float>(config, tokens); }),
+          invalid_argument_message([&] { maskpos::mean_field<float>(config, maskpos::MeanFieldInputs::alpha(4, 0.2), 8); }),
+          invalid_argument_message([&] { maskpos::monte_carlo<float>(config, maskpos::InputSpec::gaussian(4, 8, 0.2), {}); })}) {
+      INFO(message);
+      CHECK(message.rfind("maskpos: score scale = " + value + ": must satisfy ", 0) == 0);
+      CHECK_THAT(message, Contains("float"));
+    }
+    // In double the scale is fine for a single sequence: probabilities stay finite and sum to 1.
+    const auto traces = maskpos::forward<double>(config, tokens);
+    CHECK(traces.back().probs.allFinite());
+    CHECK(((traces.back().probs.rowwise().sum().array() - 1).abs() <= 1e-15).all());
+  }
+  // LayerNorm rows have |y|^2 = d = 8: scaled scores reach 8 c, beyond float for c = 1e38 but not 1e37.
+  config.norm = maskpos::Norm::LayerNorm;
+  config.scale = maskpos::ScoreScale::custom(1e38);
+  CHECK_THAT(invalid_argument_message([&] { maskpos::forward<float>(config, tokens); }),
+             Contains("score scale = " + maskpos::detail::to_text(1e38) + ": must satisfy") && Contains("float"));
+  config.scale = maskpos::ScoreScale::custom(1e37);
+  CHECK(maskpos::forward<float>(config, tokens).back().probs.allFinite());
+  // The Monte Carlo driver also sums squared scores in double: (1e300)^2 overflows it.
+  config.norm = maskpos::Norm::L2;
+  config.scale = maskpos::ScoreScale::custom(1e300);
+  CHECK_THAT(invalid_argument_message([&] { maskpos::monte_carlo<double>(config, maskpos::InputSpec::gaussian(4, 8, 0.2), {}); }),
+             Contains("score bound of layer 1 = " + maskpos::detail::to_text(1e300) + ": must satisfy") && Contains("double"));
+}
+
 TEST_CASE("user inputs whose tokens are not seq_len x dim are rejected") {
   maskpos::DecoderConfig config;
   for (const auto& [rows, cols] : std::vector<std::pair<Index, Index>>{{3, 4}, {5, 6}, {0, 0}}) {

@@ -83,6 +83,52 @@ struct DecoderConfig {
     if (rope) rope->validate(dim);
   }
 
+  /// validate(), and what depends on the compute type Scalar: the score scale c must be a normal finite
+  /// Scalar, and under L2, LayerNorm and RMSNorm every scaled score (at most score_bound()) must be
+  /// finite in Scalar. (Without a norm the scores grow with the tokens; a Monte Carlo run then counts
+  /// values beyond their bound in MonteCarloResult::out_of_range.)
+  template <class Scalar>
+  void validate_for(Index seq_len, Index dim) const {
+    validate(seq_len, dim);
+    const double c = scale.factor(dim), lowest = std::numeric_limits<Scalar>::min(),
+                 largest = std::numeric_limits<Scalar>::max();
+    const std::string type = detail::scalar_name<Scalar>();
+    detail::require(c >= lowest && c <= largest, "score scale", c,
+                    detail::to_text(lowest) + " <= c <= " + detail::to_text(largest) + " (a normal " + type +
+                        ", the compute type)");
+    if (norm == Norm::None) return;
+    const double bound = score_bound(seq_len, dim, 1.0, 0);
+    detail::require(bound <= largest, "score scale", c,
+                    "the largest scaled score c max(1, f^2) |y|^2 = " + detail::to_text(bound) + " <= " +
+                        detail::to_text(largest) + ", the largest " + type + " (|y|^2 = " +
+                        (norm == Norm::L2 ? std::string("1") : "d = " + std::to_string(dim)) + " under " +
+                        to_string(norm) + ", f the RoPE attention factor)");
+  }
+
+  /// A bound on every |scaled score| of layer `layer` (0-based) for tokens of norm at most
+  /// `max_token_norm`: c max(1, f^2) |y|^2, f RoPE's attention factor (1 without RoPE), with |y|^2 = 1
+  /// under L2 and d under LayerNorm and RMSNorm; without a norm |y| = ||x(l)|| <= 2^l max ||x(0)|| (the
+  /// residual at most doubles the largest row norm, since A is row-stochastic).
+  double score_bound(Index seq_len, Index dim, double max_token_norm, Index layer) const {
+    double rope_gain = 1.0;
+    if (rope) {
+      const double factor = rope_frequencies(*rope, dim, seq_len).attention_factor;
+      rope_gain = std::max(1.0, factor * factor);
+    }
+    double norm_squared = 1.0;
+    switch (norm) {
+      case Norm::L2: norm_squared = 1.0; break;
+      case Norm::LayerNorm:
+      case Norm::RMSNorm: norm_squared = static_cast<double>(dim); break;
+      case Norm::None: {
+        const double growth = residual ? std::ldexp(1.0, static_cast<int>(layer)) : 1.0;
+        const double largest_norm = growth * max_token_norm;
+        norm_squared = largest_norm * largest_norm;
+        break;
+      }
+    }
+    return scale.factor(dim) * rope_gain * norm_squared;
+  }
 };
 
 /// What one layer produced for one sequence.
@@ -297,7 +343,7 @@ void require_tokens(const Eigen::MatrixBase<Derived>& tokens, const std::string&
 
 /// Runs the decoder on one sequence and returns every layer's scores, probabilities and output.
 ///
-/// \param config  the decoder; \pre config.validate(S, d) passes
+/// \param config  the decoder; \pre config.validate_for<Scalar>(S, d) passes
 /// \param tokens  S x d input tokens (rows); \pre all entries finite, |x| <= sqrt(M / (4 d)) with M the
 ///                largest Scalar (see detail::require_tokens)
 /// \return L traces, layer 1 first
@@ -317,7 +363,7 @@ template <class Scalar, class Derived>
 std::vector<LayerTrace<Scalar>> forward(const DecoderConfig& config, const Eigen::MatrixBase<Derived>& tokens) {
   detail::check_scalar<Scalar>();
   const Index S = tokens.rows(), d = tokens.cols();
-  config.validate(S, d);
+  config.validate_for<Scalar>(S, d);
   detail::require_tokens<Scalar>(tokens, "tokens");
   detail::DecoderKernel<Scalar> kernel(config, S, d);
   Matrix<Scalar> state = tokens.template cast<Scalar>();

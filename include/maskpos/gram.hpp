@@ -240,7 +240,7 @@ std::pair<Matrix<Scalar>, Matrix<Scalar>> masked_copies(const Mask& mask, const 
 /// Accuracy: as forward(), except that LayerNorm forms \f$H_{ii} = G_{ii} - v_i^2/d\f$ once, which loses
 /// relative accuracy \f$\approx \epsilon\,G_{ii}/H_{ii}\f$ when the rows have a large mean.
 ///
-/// \param config  the decoder; \pre config.validate(S, d) passes and config.rope is empty
+/// \param config  the decoder; \pre config.validate_for<Scalar>(S, d) passes and config.rope is empty
 /// \param state   G (S x S, finite, symmetric up to rounding: |G_ij - G_ji| <= sqrt(eps) sqrt(G_ii G_jj),
 ///                non-negative diagonal), d >= 1, and for
 ///                LayerNorm the row sums v (length S, finite)
@@ -265,7 +265,7 @@ std::vector<GramLayerTrace<Scalar>> forward_gram(const DecoderConfig& config, co
   detail::check_scalar<Scalar>();
   const Index S = state.gram.rows(), d = state.dim;
   detail::validate_gram(state.gram, "gram", false);
-  config.validate(S, d);
+  config.validate_for<Scalar>(S, d);
   detail::require(!config.rope.has_value(), "config.rope", "set",
                   "empty: Gram-space propagation is exact only without RoPE (use forward() or mean_field())");
   const bool centred = config.norm == Norm::LayerNorm;

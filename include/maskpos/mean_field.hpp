@@ -110,7 +110,7 @@ inline std::vector<double> rope_mean_kernel(const RopeConfig& rope, Index dim, I
 
 /// The large-width limit of the decoder's mean scores and probabilities (file comment, NOTES Sec. 5).
 ///
-/// \param config  the decoder (any norm, scale, mask, residual, RoPE); \pre config.validate(S, dim) passes
+/// \param config  the decoder (any norm, scale, mask, residual, RoPE); \pre config.validate_for<Scalar>(S, dim) passes
 /// \param inputs  the limit Gram matrix G0 of the inputs; \pre inputs.validate() passes
 /// \param dim     d: it sets the score scale (1/sqrt(d), 1/d), the value scale of LayerNorm and RMSNorm
 ///                (rows of norm sqrt(d)), LayerNorm's centring (1 - 1/d) and RoPE's planes
@@ -134,7 +134,7 @@ MeanFieldResult<Scalar> mean_field(const DecoderConfig& config, const MeanFieldI
   detail::check_scalar<Scalar>();
   inputs.validate();
   const Index S = inputs.seq_len();
-  config.validate(S, dim);
+  config.validate_for<Scalar>(S, dim);
   std::vector<double> lag_kernel;
   if (config.rope) lag_kernel = rope_mean_kernel(*config.rope, dim, S);
   const Matrix<Scalar> start = ((inputs.initial_gram + inputs.initial_gram.transpose()) * 0.5).template cast<Scalar>();

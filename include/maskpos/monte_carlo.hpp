@@ -89,6 +89,11 @@ class MonteCarloAccumulator {
     for (Index l = 0; l < config.layers; ++l) {
       // A-priori bound on |score| (x2 margin for rounding in the float forward pass).
       const double bound = 2.0 * score_bound(config, inputs, l);
+      // Squared scores are summed too: their bound must be a finite double.
+      detail::require(bound * bound <= std::numeric_limits<double>::max(), "score bound of layer " + std::to_string(l + 1),
+                      bound / 2, "|score| <= " + detail::to_text(std::sqrt(std::numeric_limits<double>::max()) / 2) +
+                                     " (a Monte Carlo run sums squared scores, with a margin of 2, in double): lower the "
+                                     "score scale" + (config.norm == Norm::None ? ", the token norms or the layers" : ""));
       score_sum_.emplace_back(n, bound, grid);
       score_square_sum_.emplace_back(n, bound * bound, grid);
       prob_sum_.emplace_back(n, 2.0, grid);
@@ -182,29 +187,10 @@ class MonteCarloAccumulator {
     return out;
   }
 
-  /// A-priori bound on |score| at layer `layer` (0-based): unit rows under L2, ||y||^2 <= d under
-  /// LayerNorm/RMSNorm, and without a norm ||x(l)|| <= 2^l max ||x(0)|| (the residual at most doubles
-  /// the largest row norm, since A is row-stochastic).
+  /// A-priori bound on |score| at layer `layer` (0-based): DecoderConfig::score_bound for the inputs'
+  /// largest token norm (1 for Gaussian and orthonormal inputs).
   static double score_bound(const DecoderConfig& config, const InputSpec& inputs, Index layer) {
-    const double c = config.scale.factor(inputs.dim);
-    double rope_gain = 1.0;
-    if (config.rope) {
-      const double factor = rope_frequencies(*config.rope, inputs.dim, inputs.seq_len).attention_factor;
-      rope_gain = std::max(1.0, factor * factor);
-    }
-    double norm_squared = 1.0;
-    switch (config.norm) {
-      case Norm::L2: norm_squared = 1.0; break;
-      case Norm::LayerNorm:
-      case Norm::RMSNorm: norm_squared = static_cast<double>(inputs.dim); break;
-      case Norm::None: {
-        const double growth = config.residual ? std::ldexp(1.0, static_cast<int>(layer)) : 1.0;
-        const double norm = growth * inputs.max_token_norm();
-        norm_squared = norm * norm;
-        break;
-      }
-    }
-    return c * rope_gain * norm_squared;
+    return config.score_bound(inputs.seq_len, inputs.dim, inputs.max_token_norm(), layer);
   }
 
  private:
@@ -326,7 +312,7 @@ MonteCarloAccumulator monte_carlo_accumulate(const DecoderConfig& config, const 
                                              const MonteCarloOptions& options) {
   detail::check_scalar<Scalar>();
   inputs.validate();
-  config.validate(inputs.seq_len, inputs.dim);
+  config.validate_for<Scalar>(inputs.seq_len, inputs.dim);
   if (inputs.kind == InputKind::User) detail::require_tokens<Scalar>(inputs.tokens, "tokens");
   detail::require(options.samples >= 1, "samples B", options.samples, "B >= 1");
   detail::require(options.threads >= 0, "threads", options.threads, "threads >= 0 (0 = all cores)");
