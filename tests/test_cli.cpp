@@ -9,6 +9,7 @@
 
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -163,4 +164,34 @@ TEST_CASE("bad input: exit code 2, one line naming the option, DIR untouched") {
 TEST_CASE("every subcommand has --help") {
   for (const char* command : {"--help", "simulate --help", "analyze --help", "figure --help", "reproduce --help"})
     CHECK(run(command).exit_code == 0);
+}
+
+TEST_CASE("reproduce checks every run's working memory before it starts, as simulate does") {
+  const fs::path out = fresh_dir("reproduce_bad");
+  fs::create_directories(out);
+  { std::ofstream(out / "keep.txt") << "previous result\n"; }
+  const fs::path missing = fresh_dir("reproduce_never_created");
+  // One run of l2norm at --threads 10^6 (B = 10^6 samples, so all 10^6 threads would start): per thread the
+  // exact sums 3 L S^2 24 = 720000 bytes, the kernel 4 (4 S^2 + 6 S d) = 116800, the input buffers
+  // 8 (S + 1) d = 26112; plus the results 4 L S^2 8 = 320000 once: 8.629e11 bytes = 822937 MB.
+  const std::string huge = "reproduce --threads 1000000 --samples 1000000";
+  cli_runner::check_bad_input({{huge, "estimated working memory 822937 MB exceeds the limit of"},
+                               {"reproduce --only fig1 --samples 10 --threads 1 --max-memory 0.001", "exceeds the limit of 0 MB"},
+                               {"reproduce --max-memory -1", "max-memory"},
+                               {"reproduce --threads -1", "threads"},
+                               {"reproduce --samples 0", "samples"},
+                               {"reproduce --only fig9", "fig9"}},
+                              out, missing);
+  // Refused before any run starts: without --quiet every finished run prints a line, and there is none.
+  const auto loud = run(huge + " --out " + out.string());
+  INFO(loud.stderr_text);
+  CHECK(loud.exit_code == 2);
+  CHECK(std::count(loud.stderr_text.begin(), loud.stderr_text.end(), '\n') == 1);
+  // The same run fits once the limit allows it (fig1: S = 3, d = 3, 2 layers; 2328 bytes on one thread).
+  const fs::path good = fresh_dir("reproduce_fig1");
+  REQUIRE(run("reproduce --only fig1 --samples 10 --threads 1 --max-memory 1 --quiet --out " + good.string()).exit_code == 0);
+  CHECK(fs::exists(good / "index.html"));
+  CHECK(fs::exists(good / "fig1" / "orthonormal" / "monte-carlo" / "summary.json"));
+  fs::remove_all(out);
+  fs::remove_all(good);
 }

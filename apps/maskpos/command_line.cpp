@@ -54,8 +54,7 @@ void CommandLine::check() const {
     if (analyze_.mask != "causal" && analyze_.mask != "bidirectional")
       throw UsageError("--mask " + analyze_.mask + ": must be causal or bidirectional");
   } else if (*reproduce_cmd_) {
-    detail::require(reproduce_.samples >= 1, "samples", reproduce_.samples, "samples >= 1");
-    detail::require(reproduce_.threads >= 0, "threads", reproduce_.threads, "threads >= 0 (0 = all cores)");
+    check_reproduce_args(reproduce_);
   } else if (*llama_cmd_) {
     check_llama_args(llama_);
   }

@@ -34,6 +34,7 @@ SimulateArgs paper_defaults(const ReproduceArgs& options) {
   args.samples = options.samples;
   args.seed = options.seed;
   args.threads = options.threads;
+  args.max_memory_mb = options.max_memory_mb;
   args.quiet = true;
   args.no_figure = true;
   return args;
@@ -104,6 +105,34 @@ std::vector<PaperFigure> paper_figures(const ReproduceArgs& options) {
   return figures;
 }
 
+/// Every row of a figure is drawn twice: the Monte Carlo mean, then the large-width theory.
+constexpr const char* kMethods[] = {"monte-carlo", "mean-field"};
+
+SimulateArgs with_method(const PaperRun& run, const char* method) {
+  SimulateArgs args = run.args;
+  args.method = method;
+  return args;
+}
+
+/// The figures --only selects, every run checked by make_run_spec (its arguments and its working memory
+/// against --max-memory: the runs go one after another, so each must fit) before anything is computed.
+std::vector<PaperFigure> checked_figures(const ReproduceArgs& args) {
+  auto figures = paper_figures(args);
+  for (const auto& name : args.only)
+    if (std::none_of(figures.begin(), figures.end(), [&](const PaperFigure& f) { return f.name == name; }))
+      throw UsageError("--only " + name + ": unknown figure (see maskpos reproduce --help)");
+  if (!args.only.empty())
+    figures.erase(std::remove_if(figures.begin(), figures.end(),
+                                 [&](const PaperFigure& f) {
+                                   return std::find(args.only.begin(), args.only.end(), f.name) == args.only.end();
+                                 }),
+                  figures.end());
+  for (const auto& figure : figures)
+    for (const auto& run : figure.runs)
+      for (const char* method : kMethods) (void)make_run_spec(with_method(run, method));
+  return figures;
+}
+
 HeatmapPanel panel(const Matrix<double>& values, const std::string& title, std::optional<std::pair<double, double>> limits,
                    bool diverging) {
   HeatmapPanel p;
@@ -125,25 +154,19 @@ void add_reproduce_options(CLI::App& command, ReproduceArgs& args) {
       ->capture_default_str();
   command.add_option("--seed", args.seed, "random seed")->capture_default_str();
   command.add_option("--threads", args.threads, "worker threads (0: all cores)")->capture_default_str();
+  command.add_option("--max-memory", args.max_memory_mb,
+                     "refuse to start when a run's estimated working memory exceeds this many MB (default: half the "
+                     "available memory)");
   command.add_option("--only", args.only, "reproduce only these figures (fig1, l2norm, l2norm_alpha, layernorm_sqrt_d, "
                                           "layernorm_d, rope_causal_0, rope_causal_05, rope_noncausal_0)");
   command.add_flag("--quiet", args.quiet, "no progress lines");
 }
 
+void check_reproduce_args(const ReproduceArgs& args) { (void)checked_figures(args); }
+
 int reproduce_command(const ReproduceArgs& args) {
   check_output_dir(args.out);
-  detail::require(args.samples >= 1, "samples", args.samples, "samples >= 1");
-  detail::require(args.threads >= 0, "threads", args.threads, "threads >= 0 (0 = all cores)");
-  auto figures = paper_figures(args);
-  for (const auto& name : args.only)
-    if (std::none_of(figures.begin(), figures.end(), [&](const PaperFigure& f) { return f.name == name; }))
-      throw UsageError("--only " + name + ": unknown figure (see maskpos reproduce --help)");
-  if (!args.only.empty())
-    figures.erase(std::remove_if(figures.begin(), figures.end(),
-                                 [&](const PaperFigure& f) {
-                                   return std::find(args.only.begin(), args.only.end(), f.name) == args.only.end();
-                                 }),
-                  figures.end());
+  const auto figures = checked_figures(args);
   const auto start = std::chrono::steady_clock::now();
   OutputStage stage(args.out);
   std::string html = "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>maskpos reproduce</title>\n"
@@ -167,9 +190,8 @@ int reproduce_command(const ReproduceArgs& args) {
             "<th>locality</th><th>max |MC - theory|</th></tr>\n";
     for (const auto& run : figure.runs) {
       std::vector<Simulation> results;
-      for (const std::string method : {"monte-carlo", "mean-field"}) {
-        SimulateArgs args_for = run.args;
-        args_for.method = method;
+      for (const char* method : kMethods) {
+        const SimulateArgs args_for = with_method(run, method);
         const RunSpec spec = make_run_spec(args_for);
         Simulation result = run_simulation(args_for, spec);
         if (result.out_of_range > 0)

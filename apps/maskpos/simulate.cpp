@@ -113,10 +113,12 @@ RunSpec make_run_spec(const SimulateArgs& args) {
   detail::require(args.threads >= 0, "threads", args.threads, "threads >= 0 (0 = all cores)");
   detail::require(args.max_memory_mb >= 0, "max-memory", args.max_memory_mb, "max-memory >= 0 MB");
 
-  // Working memory: per thread, the exact sums (3 per layer, 24 bytes per visible entry) and the
-  // kernel's S x S and S x d matrices; plus the double results (4 S x S per layer).
+  // Working memory: per thread (monte_carlo starts at most one per sample), the exact sums (3 per layer,
+  // 24 bytes per visible entry) and the kernel's S x S and S x d matrices; plus the double results (4 S x S
+  // per layer). `maskpos reproduce` checks each of its runs here too.
   const double S = static_cast<double>(args.seq_len), d = static_cast<double>(dim), L = static_cast<double>(args.layers);
-  const int threads = args.threads == 0 ? static_cast<int>(std::max(1u, std::thread::hardware_concurrency())) : args.threads;
+  const double threads = static_cast<double>(std::min<std::int64_t>(
+      args.threads == 0 ? static_cast<int>(std::max(1u, std::thread::hardware_concurrency())) : args.threads, args.samples));
   const double scalar = spec.double_precision ? 8.0 : 4.0;
   // The large-width engine works on a handful of S x S double matrices, whatever d.
   const double per_thread = spec.mean_field ? 0.0 : 3.0 * L * S * S * 24.0 + scalar * (4.0 * S * S + 6.0 * S * d) + 8.0 * (S + 1) * d;

@@ -44,7 +44,7 @@ struct SimulateArgs {
   std::string precision = "float";
   bool quiet = false;
   bool no_figure = false;
-  double max_memory_mb = 0;  ///< 0: the default limit (see estimate_memory)
+  double max_memory_mb = 0;  ///< 0: the default limit, half of MemAvailable (see make_run_spec)
   std::string out;
   std::string title;  ///< figure title (default: a description of the configuration)
 };
@@ -60,6 +60,7 @@ struct RunSpec {
   bool double_precision = false;
   MonteCarloOptions options;
 };
+/// Also estimates the run's working memory and refuses it (UsageError) beyond --max-memory.
 RunSpec make_run_spec(const SimulateArgs& args);
 
 /// The results of one run.
