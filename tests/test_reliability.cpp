@@ -133,26 +133,34 @@ TEST_CASE("non-finite user tokens and Gram matrices are rejected at the first of
   const Index S = 5, d = 4;
   maskpos::DecoderConfig config;
   config.layers = 2;
+  // The message of every entry point that takes user tokens, and of every one that takes a Gram matrix.
+  const auto token_messages = [&](const Eigen::MatrixXd& tokens) {
+    return std::vector<std::string>{
+        invalid_argument_message([&] { maskpos::forward<double>(config, tokens); }),
+        invalid_argument_message([&] { maskpos::forward<float>(config, tokens); }),
+        invalid_argument_message([&] { maskpos::forward_gram<double>(config, tokens); }),
+        invalid_argument_message([&] { maskpos::InputSpec::user(tokens).validate(); }),
+        invalid_argument_message([&] { maskpos::monte_carlo<float>(config, maskpos::InputSpec::user(tokens), {}); }),
+        invalid_argument_message([&] { maskpos::monte_carlo<double>(config, maskpos::InputSpec::user(tokens), {}); })};
+  };
+  const auto gram_messages = [&](const Eigen::MatrixXd& gram) {
+    return std::vector<std::string>{
+        invalid_argument_message([&] { maskpos::MeanFieldInputs::gram(gram); }),
+        invalid_argument_message([&] { maskpos::forward_gram<double>(config, maskpos::GramState<double>{gram, {}, d}); })};
+  };
   for (const double bad : {kNaN, kInf, -kInf}) {
     // One offending entry: every entry point names exactly its position.
     Eigen::MatrixXd tokens = lattice_tokens(S, d);
     tokens(3, 2) = bad;
     const std::string value = maskpos::detail::to_text(bad);
-    for (const auto& message :
-         {invalid_argument_message([&] { maskpos::forward<double>(config, tokens); }),
-          invalid_argument_message([&] { maskpos::forward<float>(config, tokens); }),
-          invalid_argument_message([&] { maskpos::forward_gram<double>(config, tokens); }),
-          invalid_argument_message([&] { maskpos::InputSpec::user(tokens).validate(); }),
-          invalid_argument_message([&] { maskpos::monte_carlo<float>(config, maskpos::InputSpec::user(tokens), {}); })}) {
+    for (const auto& message : token_messages(tokens)) {
       INFO(message);
       CHECK_THAT(message, Contains("tokens(3, 2) = " + value));
       CHECK_THAT(message, Contains("finite"));
     }
     Eigen::MatrixXd gram = Eigen::MatrixXd::Identity(S, S);
     gram(4, 1) = bad;
-    for (const auto& message :
-         {invalid_argument_message([&] { maskpos::MeanFieldInputs::gram(gram); }),
-          invalid_argument_message([&] { maskpos::forward_gram<double>(config, maskpos::GramState<double>{gram, {}, d}); })}) {
+    for (const auto& message : gram_messages(gram)) {
       INFO(message);
       CHECK_THAT(message, Contains("gram(4, 1) = " + value));
     }
@@ -161,25 +169,20 @@ TEST_CASE("non-finite user tokens and Gram matrices are rejected at the first of
   // every entry point reports the first in row order, (0, 3), as a reader lists a matrix (not (2, 0),
   // the first in Eigen's column-major storage).
   Eigen::MatrixXd tokens = lattice_tokens(S, d);
-  tokens(0, 3) = kNaN;
-  tokens(2, 0) = kInf;
-  tokens(4, 1) = -kInf;
-  for (const auto& message :
-       {invalid_argument_message([&] { maskpos::forward<double>(config, tokens); }),
-        invalid_argument_message([&] { maskpos::forward<float>(config, tokens); }),
-        invalid_argument_message([&] { maskpos::forward_gram<double>(config, tokens); }),
-        invalid_argument_message([&] { maskpos::InputSpec::user(tokens).validate(); }),
-        invalid_argument_message([&] { maskpos::monte_carlo<double>(config, maskpos::InputSpec::user(tokens), {}); })}) {
+  Eigen::MatrixXd gram = Eigen::MatrixXd::Identity(S, S);
+  for (auto* matrix : {&tokens, &gram}) {
+    (*matrix)(0, 3) = kNaN;
+    (*matrix)(2, 0) = kInf;
+    (*matrix)(4, 1) = -kInf;
+  }
+  for (const auto& message : token_messages(tokens)) {
     INFO(message);
     CHECK_THAT(message, Contains("tokens(0, 3) = nan"));
   }
-  Eigen::MatrixXd gram = Eigen::MatrixXd::Identity(S, S);
-  gram(0, 3) = kNaN;
-  gram(2, 0) = kInf;
-  gram(4, 1) = -kInf;
-  CHECK_THAT(invalid_argument_message([&] { maskpos::MeanFieldInputs::gram(gram); }), Contains("initial_gram(0, 3) = nan"));
-  CHECK_THAT(invalid_argument_message([&] { maskpos::forward_gram<double>(config, maskpos::GramState<double>{gram, {}, d}); }),
-             Contains("gram(0, 3) = nan"));
+  for (const auto& message : gram_messages(gram)) {
+    INFO(message);
+    CHECK_THAT(message, Contains("gram(0, 3) = nan"));
+  }
 }
 
 TEST_CASE("user tokens beyond the compute type's range: std::invalid_argument with the position and the allowed range") {
