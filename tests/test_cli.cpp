@@ -146,6 +146,7 @@ TEST_CASE("bad input: exit code 2, one line naming the option, DIR untouched") {
       {"simulate --mask diagonal", "mask"},
       {"simulate --norm L3", "norm"},
       {"simulate --score-scale -2", "score scale"},
+      {"simulate --score-scale 1e300", "a normal float"},  // fine in double, inf in float (the default precision)
       {"simulate --threads -1", "threads"},
       {"simulate --samples 0", "samples"},
       {"simulate --inputs orthonormal --seq-len 8 --dim 4", "dim"},

@@ -108,7 +108,9 @@ RunSpec make_run_spec(const SimulateArgs& args) {
   spec.options.seed = args.seed;
   spec.options.threads = args.threads;
   spec.inputs.validate();
-  config.validate(spec.inputs.seq_len, spec.inputs.dim);
+  // In the compute type of the run (the large-width engine always computes in double).
+  if (spec.double_precision || spec.mean_field) config.validate_for<double>(spec.inputs.seq_len, spec.inputs.dim);
+  else config.validate_for<float>(spec.inputs.seq_len, spec.inputs.dim);
   detail::require(args.samples >= 1, "samples", args.samples, "samples >= 1");
   detail::require(args.threads >= 0, "threads", args.threads, "threads >= 0 (0 = all cores)");
   detail::require(args.max_memory_mb >= 0, "max-memory", args.max_memory_mb, "max-memory >= 0 MB");
