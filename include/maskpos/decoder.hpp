@@ -131,6 +131,12 @@ class DecoderKernel {
                                                config_.scale.factor(dim), rope_factor, dim));
     state_.setZero(rows_, cols_);
     normalized_.setZero(rows_, cols_);
+    {
+      alignas(EIGEN_MAX_ALIGN_BYTES) Scalar lanes[P];
+      for (Index k = 0; k < P; ++k) lanes[k] = cols_ - P + k < dim ? Scalar(1) : Scalar(0);
+      last_columns_ = Eigen::internal::pcmp_eq(Eigen::internal::pload<PacketOf<Scalar>>(lanes),
+                                               Eigen::internal::pset1<PacketOf<Scalar>>(Scalar(1)));
+    }
     score_rows_.setZero(rows_, rows_);
     prob_rows_.setZero(rows_, rows_);
     key_begin_.resize(static_cast<std::size_t>(seq_len));
@@ -225,30 +231,76 @@ class DecoderKernel {
     return {begin, end};
   }
 
-  /// normalized_ = norm(state_) row by row (same formulas as normalize_rows, with one reciprocal per row).
+  /// normalized_ = norm(state_) row by row (the formulas of normalize_rows), a packet's width of
+  /// rows at a time: their sums are reduced together by one transpose, their scale factors come
+  /// from one packet square root and division. A row whose divisor is 0 (a zero row with
+  /// norm_eps = 0) becomes the zero row, as in normalize_rows. Padding columns stay zero.
   void normalize() {
-    using Row = Eigen::Map<Eigen::Array<Scalar, 1, Eigen::Dynamic>>;
-    const Scalar eps = static_cast<Scalar>(config_.norm_eps);
+    constexpr int P = packet_size<Scalar>();
+    Index i = 0;
+    for (; seq_len_ - i >= P; i += P) normalize_block<P>(i);
+    for (; i < seq_len_; ++i) normalize_block<1>(i);
+  }
+
+  template <int Rows>
+  void normalize_block(Index row0) {
+    using namespace Eigen::internal;
+    using Packet = PacketOf<Scalar>;
+    constexpr int P = packet_size<Scalar>();
+    const Index packets = cols_ / P;
+    const Scalar* x = state_.data() + row0 * cols_;
+    Scalar* y = normalized_.data() + row0 * cols_;
+    if (config_.norm == Norm::None) {
+      for (Index k = 0; k < Rows * cols_; k += P) pstore(y + k, pload<Packet>(x + k));
+      return;
+    }
     const Scalar inv_dim = Scalar(1) / static_cast<Scalar>(dim_);
-    for (Index i = 0; i < seq_len_; ++i) {
-      const Row x(state_.data() + i * cols_, dim_);
-      Row y(normalized_.data() + i * cols_, dim_);
+    alignas(EIGEN_MAX_ALIGN_BYTES) Scalar mean[Rows > P ? Rows : P] = {}, factor[Rows > P ? Rows : P];
+    const bool centred = config_.norm == Norm::LayerNorm;
+    if (centred) {  // the mean first, then the variance about it (two passes, as normalize_rows)
+      Packet sum[Rows];
+      for (int r = 0; r < Rows; ++r) sum[r] = pset1<Packet>(Scalar(0));
+      for (Index c = 0; c < packets; ++c)
+        for (int r = 0; r < Rows; ++r) sum[r] = padd(sum[r], pload<Packet>(x + r * cols_ + c * P));
+      lane_totals<Scalar, Rows>(sum, mean);
+      for (int r = 0; r < Rows; ++r) mean[r] *= inv_dim;
+    }
+    Packet square[Rows], mean_packet[Rows];
+    for (int r = 0; r < Rows; ++r) {
+      square[r] = pset1<Packet>(Scalar(0));
+      mean_packet[r] = pset1<Packet>(mean[r]);
+    }
+    for (Index c = 0; c < packets; ++c)
+      for (int r = 0; r < Rows; ++r) {
+        Packet v = pload<Packet>(x + r * cols_ + c * P);
+        if (centred) v = pand(psub(v, mean_packet[r]), column_mask(c));
+        square[r] = pmadd(v, v, square[r]);
+      }
+    lane_totals<Scalar, Rows>(square, factor);
+    const Scalar eps = static_cast<Scalar>(config_.norm_eps);
+    for (int r = 0; r < Rows; ++r) {
+      Scalar divisor = 0;
       switch (config_.norm) {
-        case Norm::L2: {
-          const Scalar length = std::sqrt(x.square().sum());
-          y = x * (Scalar(1) / (length > eps ? length : eps));
-          break;
-        }
-        case Norm::LayerNorm: {
-          const Scalar mean = x.sum() * inv_dim;
-          const Scalar var = (x - mean).square().sum() * inv_dim;
-          y = (x - mean) * (Scalar(1) / std::sqrt(var + eps));
-          break;
-        }
-        case Norm::RMSNorm: y = x * (Scalar(1) / std::sqrt(x.square().sum() * inv_dim + eps)); break;
-        case Norm::None: y = x; break;
+        case Norm::L2: divisor = std::max(std::sqrt(factor[r]), eps); break;
+        case Norm::LayerNorm:
+        case Norm::RMSNorm: divisor = std::sqrt(factor[r] * inv_dim + eps); break;
+        case Norm::None: break;
+      }
+      factor[r] = divisor > 0 ? Scalar(1) / divisor : Scalar(0);
+    }
+    for (int r = 0; r < Rows; ++r) {
+      const Packet f = pset1<Packet>(factor[r]);
+      for (Index c = 0; c < packets; ++c) {
+        Packet v = pload<Packet>(x + r * cols_ + c * P);
+        if (centred) v = pand(psub(v, mean_packet[r]), column_mask(c));
+        pstore(y + r * cols_ + c * P, pmul(v, f));
       }
     }
+  }
+
+  /// All-ones lanes for the columns < d of packet c, zero lanes for the padding.
+  PacketOf<Scalar> column_mask(Index c) const {
+    return c + 1 < cols_ / packet_size<Scalar>() ? Eigen::internal::ptrue(PacketOf<Scalar>()) : last_columns_;
   }
 
   void softmax() {
@@ -261,6 +313,7 @@ class DecoderKernel {
   Scalar scale_, shift_;
   std::optional<RotaryEmbedding<Scalar>> rope_;
   RowMatrix state_, normalized_, rotated_, score_rows_, prob_rows_;
+  PacketOf<Scalar> last_columns_;  ///< lanes of the last column packet that hold columns < d
   std::vector<Index> key_begin_, key_end_;
   mutable Matrix<Scalar> scores_cache_, probs_cache_;
   mutable bool scores_cached_ = false, probs_cached_ = false;
