@@ -24,7 +24,7 @@ namespace maskpos::detail {
 /// \f[ U = A N,\quad G' = U A^\top + U D^{-1} + (U D^{-1})^\top + G \ \text{(residual)},\qquad G' = U A^\top \ \text{(no residual)}, \f]
 /// since Y X^T = D H = N D^{-1}. Per layer: U costs S^3/2 multiply-adds (A lower triangular for the
 /// causal mask) and U A^T S^3/6 (only the lower triangle is computed, then mirrored), against S^2 d
-/// for the direct layer: cheaper when d > 2S/3. The same numbers as DecoderKernel up to rounding.
+/// for the direct layer: fewer multiply-adds when d > 2S/3 (see preferred() for when it is faster). The same numbers as DecoderKernel up to rounding.
 ///
 /// The same recursion as detail::GramKernel in gram.hpp (which also carries the RoPE lag kernel of
 /// the large-width limit); this one is the Monte Carlo hot path, built on the register tiles of
@@ -39,8 +39,13 @@ class TiledGramKernel {
   static constexpr Index kRows = 4;
 
   /// True when the Gram path is available and expected to be faster than the direct one.
+  ///
+  /// By multiply-adds alone the Gram layer (2 S^3 / 3) beats the direct one (S^2 d) for d > 2S/3,
+  /// but its per-layer O(S^2) passes (normalisation, symmetrisation) cost more per entry. Measured
+  /// crossovers (CPU time of `mc_paper --path direct|gram`, one thread, L = 4, float): d = 64 at
+  /// S = 20, d = 75 to 80 at S = 50, below d = 128 at S = 100, i.e. d ~ 0.37 S + 57; hence 8 d > 3 S + 456.
   static bool preferred(const DecoderConfig& config, Index seq_len, Index dim) {
-    return !config.rope && 2 * seq_len < 3 * dim;
+    return !config.rope && 8 * dim > 3 * seq_len + 456;
   }
 
   TiledGramKernel(const DecoderConfig& config, Index seq_len, Index dim)
