@@ -125,6 +125,7 @@ class DecoderKernel {
       rope_.emplace(*config_.rope, dim, seq_len);
       rotated_.setZero(rows_, cols_);
       rope_factor = rope_->frequencies().attention_factor;
+      build_rotation_tables();
     }
     shift_ = static_cast<Scalar>(softmax_shift(config_.norm == Norm::L2,
                                                config_.norm == Norm::LayerNorm || config_.norm == Norm::RMSNorm,
@@ -185,8 +186,7 @@ class DecoderKernel {
     normalize();
     RowMatrix* query = &normalized_;
     if (rope_) {
-      rotated_.topLeftCorner(seq_len_, dim_) = normalized_.topLeftCorner(seq_len_, dim_);
-      rope_->apply(rotated_.topLeftCorner(seq_len_, dim_));
+      rotate();
       query = &rotated_;
     }
     for (Index first = 0; first < seq_len_; first += kRows) {
@@ -303,6 +303,63 @@ class DecoderKernel {
     return c + 1 < cols_ / packet_size<Scalar>() ? Eigen::internal::ptrue(PacketOf<Scalar>()) : last_columns_;
   }
 
+  /// The rotation of RotaryEmbedding::apply as two row-major tables: rotated(i, c) = y(i, c)
+  /// rope_cos_(i, c) + y(i, partner(c)) rope_sin_(i, c), with the sign of the sine folded in and
+  /// (cos, sin) = (1, 0) beyond the rotary dimension. For the half-split layout with half a
+  /// multiple of the packet size, partner(c) = c +- half is a whole packet away: two packet loads,
+  /// a product and a multiply-add per packet. Otherwise a scalar loop over the partner indices.
+  void build_rotation_tables() {
+    const RotaryEmbedding<Scalar>& rope = *rope_;
+    const Index rotary = rope.frequencies().rotary_dim, half = rotary / 2;
+    const double factor = rope.frequencies().attention_factor;
+    rope_cos_.setZero(rows_, cols_);
+    rope_sin_.setZero(rows_, cols_);
+    rope_partner_.resize(static_cast<std::size_t>(cols_));
+    for (Index c = 0; c < cols_; ++c) rope_partner_[static_cast<std::size_t>(c)] = c;
+    for (Index k = 0; k < half; ++k) {
+      const auto [first, second] = rope.coordinates(k);
+      rope_partner_[static_cast<std::size_t>(first)] = second;
+      rope_partner_[static_cast<std::size_t>(second)] = first;
+    }
+    for (Index i = 0; i < seq_len_; ++i) {
+      for (Index c = 0; c < dim_; ++c) rope_cos_(i, c) = Scalar(1);
+      for (Index k = 0; k < half; ++k) {
+        const auto [first, second] = rope.coordinates(k);
+        const double phi = rope.angle(i, k);
+        const Scalar cosine = static_cast<Scalar>(std::cos(phi) * factor), sine = static_cast<Scalar>(std::sin(phi) * factor);
+        rope_cos_(i, first) = rope_cos_(i, second) = cosine;
+        rope_sin_(i, first) = -sine;
+        rope_sin_(i, second) = sine;
+      }
+    }
+    constexpr Index P = packet_size<Scalar>();
+    packet_half_ = rope.frequencies().layout == RopeLayout::HalfSplit && half % P == 0 ? half : 0;
+  }
+
+  /// rotated_ = RoPE(normalized_) for rows < S (see build_rotation_tables).
+  void rotate() {
+    using namespace Eigen::internal;
+    using Packet = PacketOf<Scalar>;
+    constexpr Index P = packet_size<Scalar>();
+    for (Index i = 0; i < seq_len_; ++i) {
+      const Scalar* y = normalized_.data() + i * cols_;
+      const Scalar* cosine = rope_cos_.data() + i * cols_;
+      const Scalar* sine = rope_sin_.data() + i * cols_;
+      Scalar* out = rotated_.data() + i * cols_;
+      if (packet_half_ > 0) {
+        const Index half = packet_half_;
+        for (Index c = 0; c < cols_; c += P) {
+          const Index partner = c < half ? c + half : c < 2 * half ? c - half : c;
+          pstore(out + c, pmadd(pload<Packet>(y + partner), pload<Packet>(sine + c),
+                                pmul(pload<Packet>(y + c), pload<Packet>(cosine + c))));
+        }
+      } else {
+        for (Index c = 0; c < cols_; ++c)
+          out[c] = y[c] * cosine[c] + y[rope_partner_[static_cast<std::size_t>(c)]] * sine[c];
+      }
+    }
+  }
+
   void softmax() {
     masked_softmax_rows<Scalar>(score_rows_.data(), prob_rows_.data(), rows_, seq_len_, key_begin_.data(),
                                 key_end_.data(), scale_, shift_);
@@ -312,6 +369,9 @@ class DecoderKernel {
   Index seq_len_, dim_, rows_ = 0, cols_ = 0;
   Scalar scale_, shift_;
   std::optional<RotaryEmbedding<Scalar>> rope_;
+  RowMatrix rope_cos_, rope_sin_;      ///< the rotation as row-major tables (build_rotation_tables)
+  std::vector<Index> rope_partner_;    ///< the coordinate each coordinate is paired with
+  Index packet_half_ = 0;              ///< half the rotary dimension when the packet path applies, else 0
   RowMatrix state_, normalized_, rotated_, score_rows_, prob_rows_;
   PacketOf<Scalar> last_columns_;  ///< lanes of the last column packet that hold columns < d
   std::vector<Index> key_begin_, key_end_;
