@@ -98,7 +98,11 @@ TEMPLATE_TEST_CASE("softmax rows sum to one and masked probabilities are exactly
 
 TEMPLATE_TEST_CASE("the decoder matches an independent brute-force reference for every mask, norm and scale", "",
                    float, double) {
-  const int S = 11, d = 8, L = 3;
+  // S = 11 and 19: one and two full blocks of 8 (float) or 4 (double) rows plus leftover rows in the
+  // kernels' row-blocked softmax and normalisation; d = 5 leaves padding columns in every SIMD packet
+  // width (LayerNorm's centring must not touch them), d = 8 none for float.
+  const auto [S, d] = GENERATE(std::pair{11, 8}, std::pair{19, 5});
+  const int L = 3;
   const auto tokens = random_tokens(S, d, 7);
   const std::vector<std::pair<maskpos::ScoreScale, double>> scales = {
       {maskpos::ScoreScale::one(), 1.0},
@@ -200,4 +204,28 @@ TEST_CASE("bad decoder input raises std::invalid_argument naming the parameter")
   Eigen::MatrixXd with_nan = tokens;
   with_nan(2, 1) = std::numeric_limits<double>::quiet_NaN();
   fails_with(config, with_nan, "tokens(2, 1)");
+}
+
+TEST_CASE("the softmax's exp: within 2 float ulps of exp in double, flushed below 2^-125, NaN kept") {
+  using Packet = maskpos::detail::PacketOf<float>;
+  constexpr int P = maskpos::detail::packet_size<float>();
+  // Cephes' expf polynomial has a relative error below 1.7e-7 (its documentation) plus the final
+  // rounding: under 2 ulps of the result. The reference is exp in double, rounded error-free here.
+  double worst = 0;
+  alignas(64) float in[P], out[P];
+  for (double x = -86.0; x < 1.0; x += 1.0e-3) {
+    for (int k = 0; k < P; ++k) in[k] = static_cast<float>(x + 1.0e-4 * k);
+    Eigen::internal::pstore(out, maskpos::detail::exp_packet<float>(Eigen::internal::pload<Packet>(in)));
+    for (int k = 0; k < P; ++k) {
+      const double want = std::exp(static_cast<double>(in[k]));
+      const double ulp = std::ldexp(1.0, std::ilogb(static_cast<float>(want)) - 23);
+      worst = std::max(worst, std::fabs(out[k] - want) / ulp);
+    }
+  }
+  CHECK(worst < 2.0);
+  // Below the flush threshold (true values under 3e-38) the result is exactly 0; NaN stays NaN.
+  for (int k = 0; k < P; ++k) in[k] = k == 0 ? std::numeric_limits<float>::quiet_NaN() : -86.6f - 10.0f * static_cast<float>(k);
+  Eigen::internal::pstore(out, maskpos::detail::exp_packet<float>(Eigen::internal::pload<Packet>(in)));
+  CHECK(std::isnan(out[0]));
+  for (int k = 1; k < P; ++k) CHECK(out[k] == 0.0f);
 }

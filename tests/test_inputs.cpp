@@ -5,7 +5,11 @@
 
 #include <Random123/philox.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <limits>
+#include <random>
 #include <vector>
 
 using maskpos::InputSpec;
@@ -136,4 +140,34 @@ TEST_CASE("user tokens are used as given and validated") {
   CHECK(out == tokens);
   tokens(1, 2) = INFINITY;
   CHECK_THROWS_WITH(InputSpec::user(tokens).validate(), Catch::Contains("tokens(1, 2)"));
+}
+
+TEST_CASE("Box-Muller lanes follow their formula, evaluated in double with libm") {
+  // Words from std::mt19937 (fully specified), the outputs against the documented transform:
+  // u = (2 (w >> 9) + 1) 2^-24, r = sqrt(-2 ln u), t = q pi/2 + (f - 1/2) pi/2 with q = w >> 30 and
+  // f = (((w >> 6) & 0xFFFFFE) | 1) 2^-24. Float error budget, relative to max(1, r) (r <= 5.77):
+  // the float angle (two roundings, 1.2e-7 rad), the truncated sin/cos series (2.5e-8), their float
+  // evaluation and the radius's log and square root (a few ulps each): below 8 float epsilons.
+  std::mt19937 engine(2024);
+  std::uint32_t words[4][maskpos::detail::kPhiloxLanes];
+  constexpr int N = maskpos::detail::kPhiloxLanes;
+  float out[4 * N];
+  double worst = 0;
+  for (int round = 0; round < 2000; ++round) {
+    for (auto& row : words)
+      for (auto& w : row) w = static_cast<std::uint32_t>(engine());
+    maskpos::detail::box_muller_lanes(words, out);
+    for (int pair = 0; pair < 2; ++pair)
+      for (int j = 0; j < N; ++j) {
+        const std::uint32_t radius_word = words[2 * pair][j], angle_word = words[2 * pair + 1][j];
+        const double u = std::ldexp(static_cast<double>(((radius_word >> 9) << 1) | 1u), -24);
+        const double r = std::sqrt(-2.0 * std::log(u));
+        const double f = std::ldexp(static_cast<double>(((angle_word >> 6) & 0xFFFFFEu) | 1u), -24);
+        const double t = (angle_word >> 30) * (std::acos(-1.0) / 2) + (f - 0.5) * (std::acos(-1.0) / 2);
+        const double scale = std::max(1.0, r);
+        worst = std::max(worst, std::fabs(out[2 * pair * N + j] - r * std::cos(t)) / scale);
+        worst = std::max(worst, std::fabs(out[2 * pair * N + N + j] - r * std::sin(t)) / scale);
+      }
+  }
+  CHECK(worst < 8 * std::numeric_limits<float>::epsilon());
 }

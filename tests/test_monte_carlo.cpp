@@ -106,8 +106,12 @@ TEST_CASE("the Monte Carlo mean is the mean of the independent reference over th
       }
 }
 
-TEST_CASE("both propagation paths give the mean of the independent reference for every norm, mask and residual") {
-  const int S = 7, d = 6, L = 3, B = 6;
+TEMPLATE_TEST_CASE("both propagation paths give the mean of the independent reference for every norm, mask and residual",
+                   "", float, double) {
+  // S = 7 fits one or two SIMD row blocks with padding; S = 19 spans several blocks (the Gram
+  // path's symmetrisation mirrors the diagonal blocks and transposes the others).
+  const int S = GENERATE(7, 19);
+  const int d = 6, L = 3, B = 6;
   const std::vector<std::pair<maskpos::Norm, std::string>> norms = {{maskpos::Norm::L2, "l2"},
                                                                      {maskpos::Norm::LayerNorm, "layernorm"},
                                                                      {maskpos::Norm::RMSNorm, "rmsnorm"},
@@ -145,7 +149,7 @@ TEST_CASE("both propagation paths give the mean of the independent reference for
               for (int j = 0; j < S; ++j) want[l](i, j) += layers[l].scores[i][j] / B;
         }
         for (auto path : {maskpos::MonteCarloPath::Direct, maskpos::MonteCarloPath::Gram}) {
-          const auto result = maskpos::monte_carlo<double>(config, inputs, options_with(B, 2, 0, path));
+          const auto result = maskpos::monte_carlo<TestType>(config, inputs, options_with(B, 2, 0, path));
           for (int l = 0; l < L; ++l)
             for (int i = 0; i < S; ++i)
               for (int j = 0; j < S; ++j) {
@@ -155,8 +159,9 @@ TEST_CASE("both propagation paths give the mean of the independent reference for
                 }
                 // 1e3 double epsilons per value as in test_decoder, times 100 for the Gram path's
                 // cancellation in G - r r^T / d and the growth of unnormalised rows (Norm::None,
-                // up to 2^L); the accumulator's grid adds at most 2^-42 of the bound.
-                const double tolerance = 1e5 * std::numeric_limits<double>::epsilon() * (1 + std::fabs(want[l](i, j)));
+                // up to 2^L); the accumulator's grid adds at most 2^-42 (double) or 2^-27 (float) of
+                // the bound, both far below. The compute type's epsilon sets the scale.
+                const double tolerance = 1e5 * std::numeric_limits<TestType>::epsilon() * (1 + std::fabs(want[l](i, j)));
                 CHECK(result.mean_scores[l](i, j) == Approx(want[l](i, j)).margin(tolerance));
               }
         }

@@ -511,6 +511,45 @@ TEMPLATE_TEST_CASE("the decoder with RoPE matches an independent reference for e
       }
 }
 
+TEMPLATE_TEST_CASE("the decoder's rotation tables: whole-packet and scalar paths match the reference", "", float, double) {
+  // d = 40 with r = 32 (half 16, a whole number of packets for float and double: the packet path)
+  // and r = 30 (half 15: the scalar path), both layouts (interleaved always takes the scalar path).
+  using Scalar = TestType;
+  const int S = 13, d = 40;
+  const Eigen::MatrixXd tokens = random_rows(S, d, 5);
+  Rows rows(S, std::vector<double>(d));
+  for (int i = 0; i < S; ++i)
+    for (int k = 0; k < d; ++k) rows[static_cast<std::size_t>(i)][static_cast<std::size_t>(k)] = tokens(i, k);
+  for (int rotary : {32, 30})
+    for (bool interleaved : {false, true})
+      for (Norm norm : {Norm::L2, Norm::LayerNorm}) {
+        DecoderConfig config;
+        config.layers = 2;
+        config.norm = norm;
+        config.scale = maskpos::ScoreScale::inv_sqrt_dim();
+        RopeConfig rope;
+        rope.theta = 500.0;
+        rope.rotary_dim = rotary;
+        rope.layout = interleaved ? RopeLayout::Interleaved : RopeLayout::HalfSplit;
+        config.rope = rope;
+        const auto expected = reference_decoder(rows, 2, norm == Norm::L2 ? "l2" : "layernorm", config.scale.factor(d),
+                                                [](int i, int j) { return j <= i; }, plain_frequencies(500.0, rotary),
+                                                1.0, interleaved, 0.0);
+        const auto traces = maskpos::forward<Scalar>(config, tokens);
+        INFO("r = " << rotary << (interleaved ? " interleaved " : " half-split ") << (norm == Norm::L2 ? "l2" : "layernorm"));
+        // Scores are at most sqrt(d) = 6.3 after the 1/sqrt(d) scale under LayerNorm; 40-term dot
+        // products over two layers: 256 epsilons relative to max(1, |score|), as above.
+        const double tolerance = 256 * std::numeric_limits<Scalar>::epsilon();
+        for (int l = 0; l < 2; ++l)
+          for (int i = 0; i < S; ++i)
+            for (int j = 0; j <= i; ++j) {
+              const double want = expected[static_cast<std::size_t>(l)].scores[static_cast<std::size_t>(i)][static_cast<std::size_t>(j)];
+              const double got = static_cast<double>(traces[static_cast<std::size_t>(l)].scores(i, j));
+              CHECK(got == Approx(want).margin(tolerance * std::max(1.0, std::fabs(want))));
+            }
+      }
+}
+
 TEST_CASE("the Monte Carlo driver runs RoPE with every mask and norm, all values in range") {
   const auto inputs = maskpos::InputSpec::gaussian(8, 16, 0.3);
   maskpos::MonteCarloOptions options;

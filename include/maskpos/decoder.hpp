@@ -172,12 +172,19 @@ class DecoderKernel {
       rope_.emplace(*config_.rope, dim, seq_len);
       rotated_.setZero(rows_, cols_);
       rope_factor = rope_->frequencies().attention_factor;
+      build_rotation_tables();
     }
     shift_ = static_cast<Scalar>(softmax_shift(config_.norm == Norm::L2,
                                                config_.norm == Norm::LayerNorm || config_.norm == Norm::RMSNorm,
                                                config_.scale.factor(dim), rope_factor, dim));
     state_.setZero(rows_, cols_);
     normalized_.setZero(rows_, cols_);
+    {
+      alignas(EIGEN_MAX_ALIGN_BYTES) Scalar lanes[P];
+      for (Index k = 0; k < P; ++k) lanes[k] = cols_ - P + k < dim ? Scalar(1) : Scalar(0);
+      last_columns_ = Eigen::internal::pcmp_eq(Eigen::internal::pload<PacketOf<Scalar>>(lanes),
+                                               Eigen::internal::pset1<PacketOf<Scalar>>(Scalar(1)));
+    }
     score_rows_.setZero(rows_, rows_);
     prob_rows_.setZero(rows_, rows_);
     key_begin_.resize(static_cast<std::size_t>(seq_len));
@@ -226,8 +233,7 @@ class DecoderKernel {
     normalize();
     RowMatrix* query = &normalized_;
     if (rope_) {
-      rotated_.topLeftCorner(seq_len_, dim_) = normalized_.topLeftCorner(seq_len_, dim_);
-      rope_->apply(rotated_.topLeftCorner(seq_len_, dim_));
+      rotate();
       query = &rotated_;
     }
     for (Index first = 0; first < seq_len_; first += kRows) {
@@ -272,28 +278,131 @@ class DecoderKernel {
     return {begin, end};
   }
 
-  /// normalized_ = norm(state_) row by row (same formulas as normalize_rows, with one reciprocal per row).
+  /// normalized_ = norm(state_) row by row (the formulas of normalize_rows), a packet's width of
+  /// rows at a time: their sums are reduced together by one transpose, their scale factors come
+  /// from one packet square root and division. A row whose divisor is 0 (a zero row with
+  /// norm_eps = 0) becomes the zero row, as in normalize_rows. Padding columns stay zero.
   void normalize() {
-    using Row = Eigen::Map<Eigen::Array<Scalar, 1, Eigen::Dynamic>>;
-    const Scalar eps = static_cast<Scalar>(config_.norm_eps);
+    constexpr int P = packet_size<Scalar>();
+    Index i = 0;
+    for (; seq_len_ - i >= P; i += P) normalize_block<P>(i);
+    for (; i < seq_len_; ++i) normalize_block<1>(i);
+  }
+
+  template <int Rows>
+  void normalize_block(Index row0) {
+    using namespace Eigen::internal;
+    using Packet = PacketOf<Scalar>;
+    constexpr int P = packet_size<Scalar>();
+    const Index packets = cols_ / P;
+    const Scalar* x = state_.data() + row0 * cols_;
+    Scalar* y = normalized_.data() + row0 * cols_;
+    if (config_.norm == Norm::None) {
+      for (Index k = 0; k < Rows * cols_; k += P) pstore(y + k, pload<Packet>(x + k));
+      return;
+    }
     const Scalar inv_dim = Scalar(1) / static_cast<Scalar>(dim_);
-    for (Index i = 0; i < seq_len_; ++i) {
-      const Row x(state_.data() + i * cols_, dim_);
-      Row y(normalized_.data() + i * cols_, dim_);
+    alignas(EIGEN_MAX_ALIGN_BYTES) Scalar mean[Rows > P ? Rows : P] = {}, factor[Rows > P ? Rows : P];
+    const bool centred = config_.norm == Norm::LayerNorm;
+    if (centred) {  // the mean first, then the variance about it (two passes, as normalize_rows)
+      Packet sum[Rows];
+      for (int r = 0; r < Rows; ++r) sum[r] = pset1<Packet>(Scalar(0));
+      for (Index c = 0; c < packets; ++c)
+        for (int r = 0; r < Rows; ++r) sum[r] = padd(sum[r], pload<Packet>(x + r * cols_ + c * P));
+      lane_totals<Scalar, Rows>(sum, mean);
+      for (int r = 0; r < Rows; ++r) mean[r] *= inv_dim;
+    }
+    Packet square[Rows], mean_packet[Rows];
+    for (int r = 0; r < Rows; ++r) {
+      square[r] = pset1<Packet>(Scalar(0));
+      mean_packet[r] = pset1<Packet>(mean[r]);
+    }
+    for (Index c = 0; c < packets; ++c)
+      for (int r = 0; r < Rows; ++r) {
+        Packet v = pload<Packet>(x + r * cols_ + c * P);
+        if (centred) v = pand(psub(v, mean_packet[r]), column_mask(c));
+        square[r] = pmadd(v, v, square[r]);
+      }
+    lane_totals<Scalar, Rows>(square, factor);
+    const Scalar eps = static_cast<Scalar>(config_.norm_eps);
+    for (int r = 0; r < Rows; ++r) {
+      Scalar divisor = 0;
       switch (config_.norm) {
-        case Norm::L2: {
-          const Scalar length = std::sqrt(x.square().sum());
-          y = x * inverse_or_zero(length > eps ? length : eps);
-          break;
+        case Norm::L2: divisor = std::max(std::sqrt(factor[r]), eps); break;
+        case Norm::LayerNorm:
+        case Norm::RMSNorm: divisor = std::sqrt(factor[r] * inv_dim + eps); break;
+        case Norm::None: break;
+      }
+      factor[r] = divisor > 0 ? Scalar(1) / divisor : Scalar(0);
+    }
+    for (int r = 0; r < Rows; ++r) {
+      const Packet f = pset1<Packet>(factor[r]);
+      for (Index c = 0; c < packets; ++c) {
+        Packet v = pload<Packet>(x + r * cols_ + c * P);
+        if (centred) v = pand(psub(v, mean_packet[r]), column_mask(c));
+        pstore(y + r * cols_ + c * P, pmul(v, f));
+      }
+    }
+  }
+
+  /// All-ones lanes for the columns < d of packet c, zero lanes for the padding.
+  PacketOf<Scalar> column_mask(Index c) const {
+    return c + 1 < cols_ / packet_size<Scalar>() ? Eigen::internal::ptrue(PacketOf<Scalar>()) : last_columns_;
+  }
+
+  /// The rotation of RotaryEmbedding::apply as two row-major tables: rotated(i, c) = y(i, c)
+  /// rope_cos_(i, c) + y(i, partner(c)) rope_sin_(i, c), with the sign of the sine folded in and
+  /// (cos, sin) = (1, 0) beyond the rotary dimension. For the half-split layout with half a
+  /// multiple of the packet size, partner(c) = c +- half is a whole packet away: two packet loads,
+  /// a product and a multiply-add per packet. Otherwise a scalar loop over the partner indices.
+  void build_rotation_tables() {
+    const RotaryEmbedding<Scalar>& rope = *rope_;
+    const Index rotary = rope.frequencies().rotary_dim, half = rotary / 2;
+    const double factor = rope.frequencies().attention_factor;
+    rope_cos_.setZero(rows_, cols_);
+    rope_sin_.setZero(rows_, cols_);
+    rope_partner_.resize(static_cast<std::size_t>(cols_));
+    for (Index c = 0; c < cols_; ++c) rope_partner_[static_cast<std::size_t>(c)] = c;
+    for (Index k = 0; k < half; ++k) {
+      const auto [first, second] = rope.coordinates(k);
+      rope_partner_[static_cast<std::size_t>(first)] = second;
+      rope_partner_[static_cast<std::size_t>(second)] = first;
+    }
+    for (Index i = 0; i < seq_len_; ++i) {
+      for (Index c = 0; c < dim_; ++c) rope_cos_(i, c) = Scalar(1);
+      for (Index k = 0; k < half; ++k) {
+        const auto [first, second] = rope.coordinates(k);
+        const double phi = rope.angle(i, k);
+        const Scalar cosine = static_cast<Scalar>(std::cos(phi) * factor), sine = static_cast<Scalar>(std::sin(phi) * factor);
+        rope_cos_(i, first) = rope_cos_(i, second) = cosine;
+        rope_sin_(i, first) = -sine;
+        rope_sin_(i, second) = sine;
+      }
+    }
+    constexpr Index P = packet_size<Scalar>();
+    packet_half_ = rope.frequencies().layout == RopeLayout::HalfSplit && half % P == 0 ? half : 0;
+  }
+
+  /// rotated_ = RoPE(normalized_) for rows < S (see build_rotation_tables).
+  void rotate() {
+    using namespace Eigen::internal;
+    using Packet = PacketOf<Scalar>;
+    constexpr Index P = packet_size<Scalar>();
+    for (Index i = 0; i < seq_len_; ++i) {
+      const Scalar* y = normalized_.data() + i * cols_;
+      const Scalar* cosine = rope_cos_.data() + i * cols_;
+      const Scalar* sine = rope_sin_.data() + i * cols_;
+      Scalar* out = rotated_.data() + i * cols_;
+      if (packet_half_ > 0) {
+        const Index half = packet_half_;
+        for (Index c = 0; c < cols_; c += P) {
+          const Index partner = c < half ? c + half : c < 2 * half ? c - half : c;
+          pstore(out + c, pmadd(pload<Packet>(y + partner), pload<Packet>(sine + c),
+                                pmul(pload<Packet>(y + c), pload<Packet>(cosine + c))));
         }
-        case Norm::LayerNorm: {
-          const Scalar mean = x.sum() * inv_dim;
-          const Scalar var = (x - mean).square().sum() * inv_dim;
-          y = (x - mean) * inverse_or_zero(std::sqrt(var + eps));
-          break;
-        }
-        case Norm::RMSNorm: y = x * inverse_or_zero(std::sqrt(x.square().sum() * inv_dim + eps)); break;
-        case Norm::None: y = x; break;
+      } else {
+        for (Index c = 0; c < cols_; ++c)
+          out[c] = y[c] * cosine[c] + y[rope_partner_[static_cast<std::size_t>(c)]] * sine[c];
       }
     }
   }
@@ -307,7 +416,11 @@ class DecoderKernel {
   Index seq_len_, dim_, rows_ = 0, cols_ = 0;
   Scalar scale_, shift_;
   std::optional<RotaryEmbedding<Scalar>> rope_;
+  RowMatrix rope_cos_, rope_sin_;      ///< the rotation as row-major tables (build_rotation_tables)
+  std::vector<Index> rope_partner_;    ///< the coordinate each coordinate is paired with
+  Index packet_half_ = 0;              ///< half the rotary dimension when the packet path applies, else 0
   RowMatrix state_, normalized_, rotated_, score_rows_, prob_rows_;
+  PacketOf<Scalar> last_columns_;  ///< lanes of the last column packet that hold columns < d
   std::vector<Index> key_begin_, key_end_;
   mutable Matrix<Scalar> scores_cache_, probs_cache_;
   mutable bool scores_cached_ = false, probs_cached_ = false;

@@ -30,7 +30,9 @@ enum class SumGrid {
 ///   and at most 2^kFlushLog2 additions between flushes, every partial sum is exact.
 /// - SumGrid::Float: blocks are int32; |round(v 2^q)| <= 2^27 and at most 8 additions between
 ///   flushes keep every partial sum below 2^30.
-/// Each flush moves the block into 128-bit integers. Integer addition is associative, so any split
+/// Each flush moves the block into 128-bit integers (Float grid: into 64-bit integers, a vectorised
+/// loop, which move into the 128-bit ones every 2^32 flushes: |partial sums| < 2^30 2^32 = 2^62).
+/// Integer addition is associative, so any split
 /// of the samples (threads, processes, machines) gives identical bits.
 class ExactSum {
  public:
@@ -58,6 +60,8 @@ class ExactSum {
     // 8 spare entries: a vectorised caller may add zeros past the last entry.
     block32_.assign(grid == SumGrid::Float ? static_cast<std::size_t>(size) + 8 : 0, 0);
     total_.assign(static_cast<std::size_t>(size), 0);
+    middle_.assign(grid == SumGrid::Float ? static_cast<std::size_t>(size) : 0, 0);
+    middle_flushes_ = 0;
     pending_ = 0;
     count_ = 0;
     out_of_range_ = 0;
@@ -113,18 +117,22 @@ class ExactSum {
       total_[k] += static_cast<Int128>(static_cast<std::int64_t>(block_[k]));
       block_[k] = 0.0;
     }
-    if (!block32_.empty())
-      for (std::size_t k = 0; k < total_.size(); ++k) {
-        total_[k] += static_cast<Int128>(block32_[k]);
+    if (!block32_.empty()) {
+      for (std::size_t k = 0; k < middle_.size(); ++k) {
+        middle_[k] += block32_[k];
         block32_[k] = 0;
       }
+      if (++middle_flushes_ == kMiddleFlushes) flush_middle();
+    }
     pending_ = 0;
   }
 
   /// Adds another sum of the same size and grid (exact).
   void merge(ExactSum other) {
     other.flush();
+    other.flush_middle();
     flush();
+    flush_middle();
     for (std::size_t k = 0; k < total_.size(); ++k) total_[k] += other.total_[k];
     count_ += other.count_;
     out_of_range_ += other.out_of_range_;
@@ -138,7 +146,7 @@ class ExactSum {
     const std::size_t index = static_cast<std::size_t>(k);
     Int128 sum = total_[index];
     if (!block_.empty()) sum += static_cast<Int128>(static_cast<std::int64_t>(block_[index]));
-    if (!block32_.empty()) sum += static_cast<Int128>(block32_[index]);
+    if (!block32_.empty()) sum += static_cast<Int128>(block32_[index]) + static_cast<Int128>(middle_[index]);
     return std::ldexp(static_cast<long double>(sum), -grid_log2_);
   }
 
@@ -147,6 +155,17 @@ class ExactSum {
   }
 
  private:
+  static constexpr std::int64_t kMiddleFlushes = std::int64_t{1} << 32;
+
+  /// Moves the 64-bit partial sums (Float grid) into the 128-bit totals.
+  void flush_middle() {
+    for (std::size_t k = 0; k < middle_.size(); ++k) {
+      total_[k] += static_cast<Int128>(middle_[k]);
+      middle_[k] = 0;
+    }
+    middle_flushes_ = 0;
+  }
+
   SumGrid grid_ = SumGrid::Double;
   int grid_log2_ = 0;
   double scale_ = 1.0, limit_ = 1.0;
@@ -154,6 +173,8 @@ class ExactSum {
   std::vector<double> block_;
   std::vector<std::int32_t> block32_;
   std::vector<Int128> total_;
+  std::vector<std::int64_t> middle_;  ///< Float grid: flushed int32 blocks, 2^32 flushes at most
+  std::int64_t middle_flushes_ = 0;
   int pending_ = 0;
   std::int64_t count_ = 0;
   std::int64_t out_of_range_ = 0;

@@ -24,7 +24,7 @@ namespace maskpos::detail {
 /// \f[ U = A N,\quad G' = U A^\top + U D^{-1} + (U D^{-1})^\top + G \ \text{(residual)},\qquad G' = U A^\top \ \text{(no residual)}, \f]
 /// since Y X^T = D H = N D^{-1}. Per layer: U costs S^3/2 multiply-adds (A lower triangular for the
 /// causal mask) and U A^T S^3/6 (only the lower triangle is computed, then mirrored), against S^2 d
-/// for the direct layer: cheaper when d > 2S/3. The same numbers as DecoderKernel up to rounding.
+/// for the direct layer: fewer multiply-adds when d > 2S/3 (see preferred() for when it is faster). The same numbers as DecoderKernel up to rounding.
 ///
 /// The same recursion as detail::GramKernel in gram.hpp (which also carries the RoPE lag kernel of
 /// the large-width limit); this one is the Monte Carlo hot path, built on the register tiles of
@@ -39,8 +39,13 @@ class TiledGramKernel {
   static constexpr Index kRows = 4;
 
   /// True when the Gram path is available and expected to be faster than the direct one.
+  ///
+  /// By multiply-adds alone the Gram layer (2 S^3 / 3) beats the direct one (S^2 d) for d > 2S/3,
+  /// but its per-layer O(S^2) passes (normalisation, symmetrisation) cost more per entry. Measured
+  /// crossovers (CPU time of `mc_paper --path direct|gram`, one thread, L = 4, float): d = 64 at
+  /// S = 20, d = 75 to 80 at S = 50, below d = 128 at S = 100, i.e. d ~ 0.37 S + 57; hence 8 d > 3 S + 456.
   static bool preferred(const DecoderConfig& config, Index seq_len, Index dim) {
-    return !config.rope && 2 * seq_len < 3 * dim;
+    return !config.rope && 8 * dim > 3 * seq_len + 456;
   }
 
   TiledGramKernel(const DecoderConfig& config, Index seq_len, Index dim)
@@ -62,6 +67,19 @@ class TiledGramKernel {
     row_sums_.setZero(rows_);
     scaling_.setZero(rows_);
     lengths_.setZero(rows_);
+    centred_scaling_.setZero(rows_);
+    scaled_sums_.setZero(rows_);
+    {
+      // lower_lanes_[t]: lanes k <= t; valid_lanes_[v - 1]: lanes k < v.
+      using namespace Eigen::internal;
+      alignas(EIGEN_MAX_ALIGN_BYTES) Scalar lanes[P];
+      for (Index k = 0; k < P; ++k) lanes[k] = static_cast<Scalar>(k);
+      const PacketOf<Scalar> lane = pload<PacketOf<Scalar>>(lanes);
+      for (Index t = 0; t < P; ++t) {
+        lower_lanes_[t] = pcmp_le(lane, pset1<PacketOf<Scalar>>(static_cast<Scalar>(t)));
+        valid_lanes_[t] = pcmp_lt(lane, pset1<PacketOf<Scalar>>(static_cast<Scalar>(t + 1)));
+      }
+    }
     key_begin_.resize(static_cast<std::size_t>(seq_len));
     key_end_.resize(static_cast<std::size_t>(seq_len));
     for (Index i = 0; i < seq_len; ++i) {
@@ -85,9 +103,7 @@ class TiledGramKernel {
 
   /// One layer: scores and probabilities; with update_state, G becomes the next layer's Gram matrix.
   void step(bool update_state = true) {
-    normalize();
-    Eigen::Map<RowMatrix> scores(score_rows_.data(), rows_, rows_);
-    scores = normalized_gram_;
+    normalize();  // also copies N into score_rows_
     masked_softmax_rows<Scalar>(score_rows_.data(), prob_rows_.data(), rows_, seq_len_, key_begin_.data(),
                                 key_end_.data(), scale_, shift_);
     if (!update_state) return;
@@ -135,32 +151,41 @@ class TiledGramKernel {
                                   rows_, to - from, lower_.data() + first * rows_ + key, rows_);
   }
 
-  /// D and N = D H D from G (H = G - r r^T / d for LayerNorm); lengths_ = 1 / D (0 where D is 0).
+  /// D and N = D H D from G (H = G - r r^T / d for LayerNorm), N copied into score_rows_ for the
+  /// softmax; lengths_ = 1 / D. A row whose divisor is 0 (norm_eps = 0 and a zero or constant row)
+  /// gets D = 0 and length 0: its N row and column are 0, as in normalize_rows.
   void normalize() {
+    using namespace Eigen::internal;
+    using Packet = PacketOf<Scalar>;
+    constexpr Index P = packet_size<Scalar>();
     const Scalar eps = static_cast<Scalar>(config_.norm_eps);
     const Scalar inv_dim = Scalar(1) / static_cast<Scalar>(dim_);
     const bool centred = config_.norm == Norm::LayerNorm;
     for (Index i = 0; i < seq_len_; ++i) {
       const Scalar h = centred ? gram_(i, i) - row_sums_[i] * row_sums_[i] * inv_dim : gram_(i, i);
-      Scalar d = 1;
+      Scalar divisor = 1;
       switch (config_.norm) {
-        case Norm::L2: {
-          const Scalar length = std::sqrt(std::max(h, Scalar(0)));
-          d = inverse_or_zero(length > eps ? length : eps);
-          break;
-        }
-        case Norm::LayerNorm: d = inverse_or_zero(std::sqrt(std::max(h, Scalar(0)) * inv_dim + eps)); break;
-        case Norm::RMSNorm: d = inverse_or_zero(std::sqrt(h * inv_dim + eps)); break;
-        case Norm::None: d = 1; break;
+        case Norm::L2: divisor = std::max(std::sqrt(std::max(h, Scalar(0))), eps); break;
+        case Norm::LayerNorm: divisor = std::sqrt(std::max(h, Scalar(0)) * inv_dim + eps); break;
+        case Norm::RMSNorm: divisor = std::sqrt(std::max(h, Scalar(0)) * inv_dim + eps); break;
+        case Norm::None: divisor = 1; break;
       }
-      scaling_[i] = d;
-      lengths_[i] = inverse_or_zero(d);  // D^{-1}; 0 for a row mapped to zero (its columns of U are 0)
+      scaling_[i] = divisor > 0 ? Scalar(1) / divisor : Scalar(0);
+      lengths_[i] = divisor;
+      centred_scaling_[i] = inv_dim * scaling_[i] * row_sums_[i];  // used only when centred
+      scaled_sums_[i] = scaling_[i] * row_sums_[i];
     }
-    using Row = Eigen::Map<Eigen::Array<Scalar, 1, Eigen::Dynamic>>;
     for (Index i = 0; i < seq_len_; ++i) {
-      Row n(normalized_gram_.data() + i * rows_, rows_);
-      n = (scaling_[i] * Row(gram_.data() + i * rows_, rows_)) * scaling_.transpose();
-      if (centred) n -= (inv_dim * scaling_[i] * row_sums_[i]) * (scaling_ * row_sums_).transpose();
+      const Packet row_scale = pset1<Packet>(scaling_[i]), row_centre = pset1<Packet>(centred_scaling_[i]);
+      const Scalar* g = gram_.data() + i * rows_;
+      Scalar* n = normalized_gram_.data() + i * rows_;
+      Scalar* scores = score_rows_.data() + i * rows_;
+      for (Index c = 0; c < rows_; c += P) {
+        Packet value = pmul(pmul(row_scale, pload<Packet>(g + c)), pload<Packet>(scaling_.data() + c));
+        if (centred) value = psub(value, pmul(row_centre, pload<Packet>(scaled_sums_.data() + c)));
+        pstore(n + c, value);
+        pstore(scores + c, value);
+      }
     }
   }
 
@@ -193,27 +218,36 @@ class TiledGramKernel {
                                  padd(pload<Packet>(product_.data() + at), pload<Packet>(gram_.data() + at)));
           }
         }
+        if (b == c) {
+          // A diagonal block: its lower triangle is right, its upper one partly unset. Take
+          // (t, k) from the lower triangle for k <= t and from the transpose for k > t; entries
+          // beyond S stay zero.
+          PacketBlock<Packet, P> transposed = sum;
+          if constexpr (P > 1) ptranspose(transposed);
+          const Index valid = std::min<Index>(P, seq_len_ - b * P);
+          for (int t = 0; t < P; ++t) {
+            const Packet keep = t < valid ? pand(lower_lanes_[t], valid_lanes_[valid - 1]) : pzero(sum.packet[t]);
+            const Packet mirror = t < valid ? pandnot(valid_lanes_[valid - 1], lower_lanes_[t]) : pzero(sum.packet[t]);
+            pstore(gram_.data() + (b * P + t) * rows_ + c * P,
+                   por(pand(keep, sum.packet[t]), pand(mirror, transposed.packet[t])));
+          }
+          continue;
+        }
         for (int t = 0; t < P; ++t) pstore(gram_.data() + (b * P + t) * rows_ + c * P, sum.packet[t]);
-        if (b == c) continue;
         if constexpr (P > 1) ptranspose(sum);
         for (int t = 0; t < P; ++t) pstore(gram_.data() + (c * P + t) * rows_ + b * P, sum.packet[t]);
       }
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic pop
 #endif
-    // Diagonal blocks: mirror their lower triangles; clear what lies beyond S (padding stays zero).
-    for (Index i = 0; i < rows_; ++i)
-      for (Index k = i / P * P; k < std::min(rows_, (i / P + 1) * P); ++k) {
-        if (k > i) gram_(i, k) = gram_(k, i);
-        if (i >= seq_len_ || k >= seq_len_) gram_(i, k) = 0;
-      }
   }
 
   DecoderConfig config_;
   Index seq_len_, dim_, rows_ = 0;
   Scalar scale_, shift_;
   RowMatrix gram_, normalized_gram_, product_, lower_, score_rows_, prob_rows_;
-  Eigen::Array<Scalar, Eigen::Dynamic, 1> row_sums_, scaling_, lengths_;
+  Eigen::Array<Scalar, Eigen::Dynamic, 1> row_sums_, scaling_, lengths_, centred_scaling_, scaled_sums_;
+  PacketOf<Scalar> lower_lanes_[packet_size<Scalar>()], valid_lanes_[packet_size<Scalar>()];
   std::vector<Index> key_begin_, key_end_;
 };
 

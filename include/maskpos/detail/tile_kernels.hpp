@@ -134,76 +134,152 @@ inline void dot_strip(const Scalar* a, Eigen::Index a_stride, const Scalar* b, E
   else if (end - j == 1) dot_tile<Scalar, Rows, 1>(a, a_stride, b + j * b_stride, b_stride, depth, out + j, out_stride);
 }
 
+/// totals[r] = the sum of the lanes of sums[r], r < Rows. For a full packet of rows (Rows = P) one
+/// transpose and P - 1 packet additions; totals must then be aligned.
+template <class Scalar, int Rows>
+EIGEN_ALWAYS_INLINE void lane_totals(const PacketOf<Scalar> (&sums)[Rows], Scalar* totals) {
+  using namespace Eigen::internal;
+  constexpr int P = packet_size<Scalar>();
+  if constexpr (Rows == P && P > 1) {
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wignored-attributes"
+#endif
+    PacketBlock<PacketOf<Scalar>, P> block;
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+    for (int r = 0; r < Rows; ++r) block.packet[r] = sums[r];
+    ptranspose(block);  // lane r of packet t = lane t of sums[r]
+    PacketOf<Scalar> total = block.packet[0];
+    for (int t = 1; t < P; ++t) total = padd(total, block.packet[t]);
+    pstore(totals, total);
+  } else {
+    for (int r = 0; r < Rows; ++r) totals[r] = predux(sums[r]);
+  }
+}
+
+/// exp(x) of a packet, for the softmax (arguments <= about 0). Eigen's pexp, except for float on
+/// AVX2: Cephes' expf (the polynomial Eigen's pexp uses as well, about 1 ulp) with the power of two
+/// put into the exponent bits directly, about half of pexp's instructions. Results below 2^-125
+/// (x < -86.5) are flushed to 0 (an absolute error below 3e-38, far beneath what the decoder's
+/// probabilities resolve); NaN stays NaN.
+template <class Scalar>
+EIGEN_ALWAYS_INLINE PacketOf<Scalar> exp_packet(const PacketOf<Scalar>& x) {
+#if defined(__AVX2__) && defined(__FMA__) && !defined(__AVX512F__)
+  if constexpr (std::is_same_v<Scalar, float>) {
+    // x = n ln 2 + r with |r| <= ln 2 / 2 (ln 2 split in two for an exact n ln 2), then
+    // exp(r) = 1 + r + r^2 p(r) and exp(x) = 2^n exp(r) by adding n to the exponent bits.
+    // The clamps keep 2^n normal; max / min with the constant first let a NaN through.
+    const __m256 flush = _mm256_cmp_ps(x, _mm256_set1_ps(-86.5f), _CMP_LT_OQ);
+    const __m256 y = _mm256_min_ps(_mm256_set1_ps(88.0f), _mm256_max_ps(_mm256_set1_ps(-86.5f), x));
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(y, _mm256_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), y);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    const __m256i power = _mm256_slli_epi32(_mm256_cvtps_epi32(n), 23);
+    return _mm256_andnot_ps(flush, _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), power)));
+  }
+#endif
+  return Eigen::internal::pexp(x);
+}
+
+/// The softmax of rows [row0, row0 + Rows) (see masked_softmax_rows), processed together: the loop
+/// runs over the packets of the union of their visible ranges with the rows innermost, so Rows
+/// independent exp() chains are in flight at once and the trip count is the same for every row of
+/// the block (no per-row branches). Lanes outside a row's own range are masked to probability 0.
+/// With Rows = P the row totals are reduced by one transpose and inverted by one packet division.
+template <class Scalar, int Rows>
+EIGEN_ALWAYS_INLINE void masked_softmax_block(Scalar* score_rows, Scalar* prob_rows, Eigen::Index stride,
+                                              Eigen::Index row0, const Eigen::Index* key_begin,
+                                              const Eigen::Index* key_end, Scalar scale_factor, Scalar fixed_shift) {
+  using namespace Eigen::internal;
+  using Packet = PacketOf<Scalar>;
+  constexpr Eigen::Index P = packet_size<Scalar>();
+  const Packet scale = pset1<Packet>(scale_factor), zero = pset1<Packet>(Scalar(0));
+  const Packet lowest = pset1<Packet>(std::numeric_limits<Scalar>::lowest()), lane_step = pset1<Packet>(static_cast<Scalar>(P));
+  Packet lane_begin[Rows], lane_end[Rows], shift[Rows], total[Rows];
+  Eigen::Index first = std::numeric_limits<Eigen::Index>::max(), last = 0;
+  for (int r = 0; r < Rows; ++r) {
+    const Eigen::Index begin = key_begin[row0 + r], end = key_end[row0 + r];
+    first = std::min(first, begin / P * P);
+    last = std::max(last, round_up(end, P));
+    // Lane indices as Scalar compared with the range (no int -> float conversion in the loops: it
+    // carries a false dependency on its destination register).
+    lane_begin[r] = pset1<Packet>(static_cast<Scalar>(begin));
+    lane_end[r] = pset1<Packet>(static_cast<Scalar>(end));
+    total[r] = zero;
+  }
+  Scalar* const scores = score_rows + row0 * stride;
+  Scalar* const probs = prob_rows + row0 * stride;
+  const bool fixed = std::isfinite(fixed_shift);
+  if (fixed) {
+    for (int r = 0; r < Rows; ++r) shift[r] = pset1<Packet>(fixed_shift);
+  } else {
+    Packet row_max[Rows], lane = plset<Packet>(static_cast<Scalar>(first));
+    for (int r = 0; r < Rows; ++r) row_max[r] = lowest;
+    for (Eigen::Index j = first; j < last; j += P, lane = padd(lane, lane_step))
+      for (int r = 0; r < Rows; ++r) {
+        const Packet visible = pand(pcmp_le(lane_begin[r], lane), pcmp_lt(lane, lane_end[r]));
+        const Packet x = pselect(visible, pmul(pload<Packet>(scores + r * stride + j), scale), lowest);
+        pstore(scores + r * stride + j, x);
+        row_max[r] = pmax(row_max[r], x);
+      }
+    for (int r = 0; r < Rows; ++r) shift[r] = pset1<Packet>(predux_max(row_max[r]));
+  }
+  Packet lane = plset<Packet>(static_cast<Scalar>(first));
+  for (Eigen::Index j = first; j < last; j += P, lane = padd(lane, lane_step))
+    for (int r = 0; r < Rows; ++r) {
+      const Packet visible = pand(pcmp_le(lane_begin[r], lane), pcmp_lt(lane, lane_end[r]));
+      Packet x = pload<Packet>(scores + r * stride + j);
+      if (fixed) {
+        x = pmul(x, scale);
+        pstore(scores + r * stride + j, x);
+      }
+      // pand, not pselect: masked lanes may hold anything (even NaN from scores never computed).
+      const Packet e = pand(visible, exp_packet<Scalar>(psub(x, shift[r])));
+      pstore(probs + r * stride + j, e);
+      total[r] = padd(total[r], e);
+    }
+  alignas(EIGEN_MAX_ALIGN_BYTES) Scalar inverse[Rows < P ? P : Rows];
+  lane_totals<Scalar, Rows>(total, inverse);
+  if constexpr (Rows == P) pstore(inverse, pdiv(pset1<Packet>(Scalar(1)), pload<Packet>(inverse)));
+  else
+    for (int r = 0; r < Rows; ++r) inverse[r] = Scalar(1) / inverse[r];
+  for (int r = 0; r < Rows; ++r) {
+    const Packet factor = pset1<Packet>(inverse[r]);
+    for (Eigen::Index j = first; j < last; j += P) pstore(probs + r * stride + j, pmul(pload<Packet>(probs + r * stride + j), factor));
+  }
+}
+
 /// Row softmax over each row's visible keys [key_begin[i], key_end[i]) of the scores of rows
 /// i < rows (row i at scores + i stride, aligned; stride a multiple of the packet size): scales the
 /// visible scores by `scale` in place and writes the probabilities (0 on masked keys) to probs.
 /// Subtracting the row maximum keeps exp() in (0, 1]: no overflow for any score scale.
-/// Works on whole aligned packets with lane masks: masked lanes of the first and last packet hold
-/// the lowest score (they lie outside the visible range, where scores are undefined anyway) and
-/// probability 0.
+/// Works on whole aligned packets with lane masks: masked lanes of a row's packets hold the lowest
+/// score or the scaled garbage of keys no score was computed for (they lie outside the visible
+/// range, where scores are undefined anyway) and probability 0.
 ///
 /// With a finite `fixed_shift` >= every scaled score (see softmax_shift), that constant replaces the
-/// row maximum: no maximum pass, and rows no longer wait on each other's horizontal reductions.
+/// row maximum: no maximum pass. Rows go in blocks of one packet's width (masked_softmax_block),
+/// the remainder one by one; the blocking depends only on `rows`, so results are reproducible.
 template <class Scalar>
 inline void masked_softmax_rows(Scalar* score_rows, Scalar* prob_rows, Eigen::Index stride, Eigen::Index rows,
                                 const Eigen::Index* key_begin, const Eigen::Index* key_end, Scalar scale_factor,
                                 Scalar fixed_shift = std::numeric_limits<Scalar>::quiet_NaN()) {
-  using namespace Eigen::internal;
-  using Packet = PacketOf<Scalar>;
-  constexpr Eigen::Index P = packet_size<Scalar>();
-  const Packet scale = pset1<Packet>(scale_factor);
-  const Packet lowest = pset1<Packet>(std::numeric_limits<Scalar>::lowest());
-  const Packet zero = pset1<Packet>(Scalar(0));
-  if (std::isfinite(fixed_shift)) {
-    const Packet shift = pset1<Packet>(fixed_shift), lane_step = pset1<Packet>(static_cast<Scalar>(P));
-    for (Eigen::Index i = 0; i < rows; ++i) {
-      const Eigen::Index begin = key_begin[i], end = key_end[i];
-      const Eigen::Index first = begin / P * P, last = round_up(end, P);
-      const Packet lane_begin = pset1<Packet>(static_cast<Scalar>(begin)), lane_end = pset1<Packet>(static_cast<Scalar>(end));
-      Packet lane = plset<Packet>(static_cast<Scalar>(first)), total = zero;
-      Scalar* scores = score_rows + i * stride;
-      Scalar* probs = prob_rows + i * stride;
-      for (Eigen::Index j = first; j < last; j += P, lane = padd(lane, lane_step)) {
-        const Packet visible = pand(pcmp_le(lane_begin, lane), pcmp_lt(lane, lane_end));
-        const Packet x = pmul(pload<Packet>(scores + j), scale);
-        pstore(scores + j, x);
-        const Packet e = pselect(visible, pexp(psub(x, shift)), zero);
-        pstore(probs + j, e);
-        total = padd(total, e);
-      }
-      const Packet inv_total = pset1<Packet>(Scalar(1) / predux(total));
-      for (Eigen::Index j = first; j < last; j += P) pstore(probs + j, pmul(pload<Packet>(probs + j), inv_total));
-    }
-    return;
-  }
-  for (Eigen::Index i = 0; i < rows; ++i) {
-    const Eigen::Index begin = key_begin[i], end = key_end[i];
-    const Eigen::Index first = begin / P * P, last = round_up(end, P);
-    const Packet lane_begin = pset1<Packet>(static_cast<Scalar>(begin)), lane_end = pset1<Packet>(static_cast<Scalar>(end));
-    // Lane indices of the first packet, advanced by P per packet (no int -> float conversion in
-    // the loop: it carries a false dependency on its destination register).
-    const Packet lane_first = plset<Packet>(static_cast<Scalar>(first)), lane_step = pset1<Packet>(static_cast<Scalar>(P));
-    Scalar* scores = score_rows + i * stride;
-    Scalar* probs = prob_rows + i * stride;
-    Packet row_max = lowest, lane = lane_first;
-    for (Eigen::Index j = first; j < last; j += P, lane = padd(lane, lane_step)) {
-      const Packet visible = pand(pcmp_le(lane_begin, lane), pcmp_lt(lane, lane_end));
-      const Packet x = pselect(visible, pmul(pload<Packet>(scores + j), scale), lowest);
-      pstore(scores + j, x);
-      row_max = pmax(row_max, x);
-    }
-    const Packet shift = pset1<Packet>(predux_max(row_max));
-    Packet total = zero;
-    lane = lane_first;
-    for (Eigen::Index j = first; j < last; j += P, lane = padd(lane, lane_step)) {
-      const Packet visible = pand(pcmp_le(lane_begin, lane), pcmp_lt(lane, lane_end));
-      const Packet e = pselect(visible, pexp(psub(pload<Packet>(scores + j), shift)), zero);
-      pstore(probs + j, e);
-      total = padd(total, e);
-    }
-    const Packet inv_total = pset1<Packet>(Scalar(1) / predux(total));
-    for (Eigen::Index j = first; j < last; j += P) pstore(probs + j, pmul(pload<Packet>(probs + j), inv_total));
-  }
+  constexpr int P = packet_size<Scalar>();
+  Eigen::Index i = 0;
+  for (; rows - i >= P; i += P)
+    masked_softmax_block<Scalar, P>(score_rows, prob_rows, stride, i, key_begin, key_end, scale_factor, fixed_shift);
+  for (; i < rows; ++i)
+    masked_softmax_block<Scalar, 1>(score_rows, prob_rows, stride, i, key_begin, key_end, scale_factor, fixed_shift);
 }
 
 /// A constant softmax shift valid for every row of the decoder when one exists. With Q = K,
