@@ -151,13 +151,13 @@ class GramKernel {
           const Scalar length = std::sqrt(square);
           const Scalar divisor = length > eps ? length : eps;
           // eps = 0 and a zero row: the row maps to zero, as in normalize_rows.
-          inv_norm_(i) = inverse_or_zero(divisor);
+          inv_norm_(i) = divisor > 0 ? Scalar(1) / divisor : Scalar(0);
           break;
         }
         case Norm::LayerNorm:
         case Norm::RMSNorm: {
           const Scalar divisor = std::sqrt(square / width + eps);
-          inv_norm_(i) = inverse_or_zero(divisor);
+          inv_norm_(i) = divisor > 0 ? Scalar(1) / divisor : Scalar(0);
           break;
         }
         case Norm::None: inv_norm_(i) = Scalar(1); break;

@@ -30,17 +30,6 @@ inline std::string to_string(Norm norm) {
   return "?";
 }
 
-namespace detail {
-/// 1 / divisor for a row's normalisation divisor, and 0 when the divisor is 0 (eps = 0 with a zero row,
-/// or a constant row under LayerNorm): the row then maps to the zero row, never to 0 x (1/0) = NaN.
-/// The fast kernels (DecoderKernel, TiledGramKernel, GramKernel) scale rows by this, as normalize_rows
-/// divides them.
-template <class Scalar>
-Scalar inverse_or_zero(Scalar divisor) {
-  return divisor > Scalar(0) ? Scalar(1) / divisor : Scalar(0);
-}
-}  // namespace detail
-
 /// Writes the normalised rows of `tokens` into `normalized` (same shape; may alias `tokens`).
 ///
 /// Degenerate rows have defined results: a zero row under L2 and a constant row under LayerNorm
