@@ -273,6 +273,12 @@ TEST_CASE("bad mean-field input raises std::invalid_argument naming the paramete
   config.rope->rotary_dim = 10;
   CHECK_THAT(message_of([&] { maskpos::mean_field<double>(config, MeanFieldInputs::alpha(4, 0.1), 8); }),
              Catch::Contains("rotary_dim"));
+  // A Gram matrix finite in double but beyond float (1e39 > 3.4e38): float refuses it at its first
+  // entry, double (bound 4.5e307) runs it.
+  const auto huge = MeanFieldInputs::gram(Eigen::MatrixXd::Identity(3, 3) * 1e39);
+  CHECK_THAT(message_of([&] { maskpos::mean_field<float>(DecoderConfig{}, huge, 8); }),
+             Catch::Contains("initial_gram(0, 0)") && Catch::Contains("M / 4") && Catch::Contains("float"));
+  CHECK_NOTHROW(maskpos::mean_field<double>(DecoderConfig{}, huge, 8));
   DecoderConfig zero_layers;
   zero_layers.layers = 0;
   CHECK_THAT(message_of([&] { maskpos::mean_field<double>(zero_layers, MeanFieldInputs::alpha(4, 0.1), 8); }),

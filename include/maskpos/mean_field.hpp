@@ -135,6 +135,12 @@ MeanFieldResult<Scalar> mean_field(const DecoderConfig& config, const MeanFieldI
   inputs.validate();
   const Index S = inputs.seq_len();
   config.validate_for<Scalar>(S, dim);
+  // G0 is cast to Scalar: its entries must fit with room for the residual's growth (M / 4, M the
+  // largest Scalar), the bound detail::require_tokens puts on squared token norms.
+  const double largest = static_cast<double>(std::numeric_limits<Scalar>::max());
+  detail::require_finite(inputs.initial_gram, "initial_gram", largest / 4,
+                         " = M / 4 with M = " + detail::to_text(largest) + " the largest " +
+                             detail::scalar_name<Scalar>() + " (the Gram matrix is cast to the compute type)");
   std::vector<double> lag_kernel;
   if (config.rope) lag_kernel = rope_mean_kernel(*config.rope, dim, S);
   const Matrix<Scalar> start = ((inputs.initial_gram + inputs.initial_gram.transpose()) * 0.5).template cast<Scalar>();
