@@ -67,7 +67,6 @@ class TiledGramKernel {
     row_sums_.setZero(rows_);
     scaling_.setZero(rows_);
     lengths_.setZero(rows_);
-    centred_scaling_.setZero(rows_);
     scaled_sums_.setZero(rows_);
     {
       // lower_lanes_[t]: lanes k <= t; valid_lanes_[v - 1]: lanes k < v.
@@ -166,17 +165,16 @@ class TiledGramKernel {
       Scalar divisor = 1;
       switch (config_.norm) {
         case Norm::L2: divisor = std::max(std::sqrt(std::max(h, Scalar(0))), eps); break;
-        case Norm::LayerNorm: divisor = std::sqrt(std::max(h, Scalar(0)) * inv_dim + eps); break;
+        case Norm::LayerNorm:
         case Norm::RMSNorm: divisor = std::sqrt(std::max(h, Scalar(0)) * inv_dim + eps); break;
         case Norm::None: divisor = 1; break;
       }
       scaling_[i] = divisor > 0 ? Scalar(1) / divisor : Scalar(0);
       lengths_[i] = divisor;
-      centred_scaling_[i] = inv_dim * scaling_[i] * row_sums_[i];  // used only when centred
       scaled_sums_[i] = scaling_[i] * row_sums_[i];
     }
     for (Index i = 0; i < seq_len_; ++i) {
-      const Packet row_scale = pset1<Packet>(scaling_[i]), row_centre = pset1<Packet>(centred_scaling_[i]);
+      const Packet row_scale = pset1<Packet>(scaling_[i]), row_centre = pset1<Packet>(inv_dim * scaled_sums_[i]);
       const Scalar* g = gram_.data() + i * rows_;
       Scalar* n = normalized_gram_.data() + i * rows_;
       Scalar* scores = score_rows_.data() + i * rows_;
@@ -246,7 +244,7 @@ class TiledGramKernel {
   Index seq_len_, dim_, rows_ = 0;
   Scalar scale_, shift_;
   RowMatrix gram_, normalized_gram_, product_, lower_, score_rows_, prob_rows_;
-  Eigen::Array<Scalar, Eigen::Dynamic, 1> row_sums_, scaling_, lengths_, centred_scaling_, scaled_sums_;
+  Eigen::Array<Scalar, Eigen::Dynamic, 1> row_sums_, scaling_, lengths_, scaled_sums_;
   PacketOf<Scalar> lower_lanes_[packet_size<Scalar>()], valid_lanes_[packet_size<Scalar>()];
   std::vector<Index> key_begin_, key_end_;
 };
