@@ -3,7 +3,7 @@
 //
 //   build/bin/mc_paper [--samples B] [--seq-len S] [--dim d] [--layers L] [--norm l2|layernorm|rmsnorm|none]
 //                      [--scale 1|sqrt-d|d] [--rope THETA] [--alpha A] [--threads T] [--seed N]
-//                      [--scalar float|double] [--path auto|direct|gram] [--quiet]
+//                      [--scalar float|double] [--path auto|direct|gram|triangular] [--quiet]
 //
 // Prints the wall time of the simulation, samples/s and the useful GFLOP/s: the causal halves of
 // Y Y^T and of A Y in every layer, 2 S^2 d flops per layer and sample (a multiply-add counts 2).
@@ -50,7 +50,8 @@ int main(int argc, char** argv) {
       if (value == "auto") options.path = maskpos::MonteCarloPath::Auto;
       else if (value == "direct") options.path = maskpos::MonteCarloPath::Direct;
       else if (value == "gram") options.path = maskpos::MonteCarloPath::Gram;
-      else usage("--path must be auto, direct or gram");
+      else if (value == "triangular") options.path = maskpos::MonteCarloPath::Triangular;
+      else usage("--path must be auto, direct, gram or triangular");
     }
     else if (flag == "--rope") {
       maskpos::RopeConfig rope;

@@ -1,6 +1,8 @@
 #include <maskpos/decoder.hpp>
 #include <maskpos/inputs.hpp>
 
+#include <Eigen/QR>
+
 #include <catch2/catch.hpp>
 
 #include <algorithm>
@@ -228,4 +230,73 @@ TEST_CASE("the softmax's exp: within 2 float ulps of exp in double, flushed belo
   Eigen::internal::pstore(out, maskpos::detail::exp_packet<float>(Eigen::internal::pload<Packet>(in)));
   CHECK(std::isnan(out[0]));
   for (int k = 1; k < P; ++k) CHECK(out[k] == 0.0f);
+}
+
+namespace {
+
+// Rows of `tokens` in the frame of the Gram-Schmidt of [extra; tokens] (LQ by Householder QR of the
+// transpose, in double): the same dot products, lower-trapezoidal, width min(n, rank).
+Eigen::MatrixXd in_triangular_frame(const Eigen::MatrixXd& tokens, const Eigen::MatrixXd& extra, Eigen::Index width) {
+  Eigen::MatrixXd all(extra.rows() + tokens.rows(), tokens.cols());
+  all << extra, tokens;
+  const Eigen::HouseholderQR<Eigen::MatrixXd> qr(all.transpose());
+  const Eigen::MatrixXd lower = qr.matrixQR().triangularView<Eigen::Upper>().toDenseMatrix().transpose();
+  return lower.block(extra.rows(), 0, tokens.rows(), width);
+}
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("a kernel on tokens in their triangular frame gives the decoder of the tokens", "", float, double) {
+  // The frame keeps every dot product, so every norm that sees only dot products (L2, RMSNorm, none;
+  // LayerNorm through the part orthogonal to 1, run as RMSNorm over d) gives the same scores and
+  // probabilities, and the outputs the same Gram matrix. Expected values: the independent reference
+  // on the original tokens. S = 11 > d = 8 gives trapezoid rows; S = 19 < d = 40 wide rows; a lead
+  // vector shifts every support by one. Causal and sliding-window masks skip the zeros; the others
+  // take the dense path. Tolerance as in the reference test above (1e3 epsilons, relative).
+  using Scalar = TestType;
+  const auto [S, d] = GENERATE(std::pair{11, 8}, std::pair{19, 40});
+  const int lead = GENERATE(0, 1);
+  const int L = 3;
+  const Eigen::MatrixXd tokens = random_tokens(S, d, 17), extra = random_tokens(lead, d, 18);
+  const std::vector<std::pair<Norm, std::string>> norms = {
+      {Norm::L2, "l2"}, {Norm::LayerNorm, "layernorm"}, {Norm::RMSNorm, "rmsnorm"}, {Norm::None, "none"}};
+  const double tolerance = 1e3 * std::numeric_limits<Scalar>::epsilon();
+  for (const auto& mask_case : all_masks())
+    for (const auto& [norm, norm_name] : norms)
+      for (bool residual : {true, false}) {
+        DecoderConfig config;
+        config.layers = L;
+        config.norm = norm;
+        config.scale = maskpos::ScoreScale::inv_sqrt_dim();
+        config.mask = mask_case.mask;
+        config.residual = residual;
+        const bool centre = norm == Norm::LayerNorm;
+        const Eigen::MatrixXd seen = centre ? Eigen::MatrixXd(tokens.colwise() - tokens.rowwise().mean()) : tokens;
+        const Eigen::MatrixXd seen_extra = centre ? Eigen::MatrixXd(extra.colwise() - extra.rowwise().mean()) : extra;
+        const maskpos::TriangularFrame frame{std::min<Eigen::Index>(S + lead, d - (centre ? 1 : 0)), lead};
+        DecoderConfig frame_config = config;
+        if (centre) frame_config.norm = Norm::RMSNorm;
+        maskpos::detail::DecoderKernel<Scalar> kernel(frame_config, S, d, frame);
+        maskpos::Matrix<Scalar> state = in_triangular_frame(seen, seen_extra, frame.width).cast<Scalar>();
+        const auto expected = reference::decoder(to_rows(tokens), L, norm_name, 1 / std::sqrt(double(d)), residual,
+                                                 mask_case.visible);
+        for (int l = 0; l < L; ++l) {
+          kernel.layer(state);
+          Eigen::MatrixXd output(S, d);
+          for (int i = 0; i < S; ++i)
+            for (int k = 0; k < d; ++k) output(i, k) = expected[l].output[i][k];
+          if (centre) output = output.colwise() - output.rowwise().mean();
+          const Eigen::MatrixXd want_gram = output * output.transpose();
+          const Eigen::MatrixXd gram = state.template cast<double>() * state.template cast<double>().transpose();
+          INFO("S " << S << ", lead " << lead << ", norm " << norm_name << ", residual " << residual << ", layer " << l);
+          for (int i = 0; i < S; ++i)
+            for (int j = 0; j < S; ++j) {
+              CHECK(gram(i, j) == Approx(want_gram(i, j)).margin(tolerance * (1 + std::fabs(want_gram(i, j)))));
+              const double want = expected[l].scores[i][j];
+              if (std::isnan(want)) continue;
+              CHECK(double(kernel.scores()(i, j)) == Approx(want).margin(tolerance * (1 + std::fabs(want))));
+              CHECK(double(kernel.probs()(i, j)) == Approx(expected[l].probs[i][j]).margin(tolerance));
+            }
+        }
+      }
 }

@@ -171,3 +171,151 @@ TEST_CASE("Box-Muller lanes follow their formula, evaluated in double with libm"
   }
   CHECK(worst < 8 * std::numeric_limits<float>::epsilon());
 }
+
+TEST_CASE("chi variates have the moments of the length of a standard normal vector") {
+  // E[chi^2] = k, Var[chi^2] = 2k, E[chi^4] = k (k + 2); E[chi] = sqrt(2) Gamma((k + 1) / 2) / Gamma(k / 2).
+  // Tolerances: 5 standard errors of the sample mean of N draws (sd of chi^2 is sqrt(2k), sd of chi is
+  // sqrt(k - E[chi]^2)); 5 sigma over the 12 checks fails by chance with probability < 1e-5.
+  const int N = 40000;
+  for (const int k : {1, 2, 3, 10, 64, 511}) {
+    maskpos::SampleStream stream(11, static_cast<std::uint64_t>(k));
+    double sum = 0, sum2 = 0;
+    for (int n = 0; n < N; ++n) {
+      const double chi = maskpos::draw_chi(stream, k);
+      REQUIRE(chi >= 0);
+      sum += chi;
+      sum2 += chi * chi;
+    }
+    const double mean_chi = std::sqrt(2.0) * std::exp(std::lgamma((k + 1) / 2.0) - std::lgamma(k / 2.0));
+    INFO("dof " << k);
+    CHECK(std::fabs(sum2 / N - k) < 5 * std::sqrt(2.0 * k / N));
+    CHECK(std::fabs(sum / N - mean_chi) < 5 * std::sqrt((k - mean_chi * mean_chi) / N));
+  }
+  maskpos::SampleStream stream(11, 0);
+  CHECK(maskpos::draw_chi(stream, 0) == 0.0);
+}
+
+TEST_CASE("the uniform sequence is uniform on (0, 1) and leaves the normals unchanged") {
+  maskpos::SampleStream stream(5, 9), plain(5, 9);
+  const int N = 100000;
+  double sum = 0, sum2 = 0, lowest = 1, highest = 0;
+  Eigen::ArrayXf mixed(3 * N), normals(3 * N);
+  for (int n = 0; n < N; ++n) {
+    stream.fill_normal(mixed.data() + 3 * n, 3);  // interleaved with the uniforms
+    const double u = stream.next_uniform();
+    sum += u;
+    sum2 += u * u;
+    lowest = std::min(lowest, u);
+    highest = std::max(highest, u);
+  }
+  plain.fill_normal(normals.data(), normals.size());
+  CHECK((mixed == normals).all());
+  // Mean 1/2 (sd 1/sqrt(12)), second moment 1/3 (sd sqrt(1/5 - 1/9)); 5 standard errors each.
+  CHECK(std::fabs(sum / N - 0.5) < 5 * std::sqrt(1.0 / 12 / N));
+  CHECK(std::fabs(sum2 / N - 1.0 / 3) < 5 * std::sqrt((1.0 / 5 - 1.0 / 9) / N));
+  CHECK(lowest > 0);
+  CHECK(highest < 1);
+  maskpos::SampleStream again(5, 9);
+  again.fill_normal(mixed.data(), 3);
+  maskpos::SampleStream fresh(5, 9);
+  CHECK(again.next_uniform() == fresh.next_uniform());  // the uniforms do not depend on the normals read
+}
+
+namespace {
+
+// The dot products of one sample's token pairs (i > j), pooled over samples: sums of x and x^2.
+struct PairMoments {
+  Eigen::MatrixXd sum, square;
+  int samples = 0;
+  explicit PairMoments(int S) : sum(Eigen::MatrixXd::Zero(S, S)), square(Eigen::MatrixXd::Zero(S, S)) {}
+  void add(const Eigen::MatrixXd& rows) {
+    const Eigen::MatrixXd gram = rows * rows.transpose();
+    sum += gram;
+    square += gram.cwiseProduct(gram);
+    ++samples;
+  }
+  double mean(int i, int j) const { return sum(i, j) / samples; }
+  double stderr_of_mean(int i, int j) const {
+    const double m = mean(i, j);
+    return std::sqrt(std::max(0.0, square(i, j) / samples - m * m) / (samples - 1));
+  }
+};
+
+Eigen::MatrixXd centred(const Eigen::MatrixXd& tokens) {
+  return tokens.colwise() - tokens.rowwise().mean();
+}
+
+}  // namespace
+
+TEST_CASE("triangular frame: its shape, unit rows and zeros beyond each row's support") {
+  using Frame = maskpos::TriangularFrame;
+  auto frame_of = [](InputSpec spec, bool drop_mean) { return maskpos::InputGenerator(spec, 1).triangular_frame(drop_mean); };
+  auto same = [](Frame a, Frame b) { return a.width == b.width && a.lead == b.lead; };
+  CHECK(same(frame_of(InputSpec::gaussian(50, 64, 0.0), false), Frame{50, 0}));
+  CHECK(same(frame_of(InputSpec::gaussian(50, 64, 0.2), false), Frame{51, 1}));
+  CHECK(same(frame_of(InputSpec::gaussian(50, 64, 0.2), true), Frame{51, 1}));
+  CHECK(same(frame_of(InputSpec::gaussian(50, 50, 0.2), true), Frame{49, 1}));
+  CHECK(same(frame_of(InputSpec::gaussian(12, 8, 0.5), false), Frame{8, 1}));
+  CHECK(same(frame_of(InputSpec::gaussian(12, 8, 1.0), false), Frame{1, 1}));
+  CHECK(same(frame_of(InputSpec::gaussian(5, 1, 0.0), true), Frame{1, 0}));
+  CHECK_THROWS_AS(frame_of(InputSpec::orthonormal(4, 8), false), std::invalid_argument);
+  for (const double alpha : {0.0, 0.3, 1.0})
+    for (const bool drop_mean : {false, true}) {
+      const auto spec = InputSpec::gaussian(12, 8, alpha);
+      maskpos::InputGenerator generator(spec, 3);
+      const Frame frame = generator.triangular_frame(drop_mean);
+      Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> rows(12, frame.width);
+      for (std::uint64_t b = 0; b < 20; ++b) {
+        rows.setConstant(7.0);  // every entry is written
+        generator.generate_triangular_into<double>(b, rows, drop_mean);
+        for (int i = 0; i < 12; ++i) {
+          INFO("alpha " << alpha << ", drop_mean " << drop_mean << ", row " << i);
+          CHECK((rows.row(i).tail(frame.width - frame.support(i)).array() == 0).all());
+          // The inputs are unit vectors; with drop_mean the frame holds their part orthogonal to 1.
+          if (drop_mean) CHECK(rows.row(i).norm() < 1 + 1e-6);
+          else CHECK(rows.row(i).norm() == Approx(1.0).epsilon(1e-6));  // float normals, double arithmetic
+        }
+      }
+    }
+}
+
+TEST_CASE("triangular frame: token dot products have the distribution of the direct tokens'") {
+  // Independent uniform unit vectors in R^d (alpha = 0): E[x_i . x_j] = 0, E[(x_i . x_j)^2] = 1/d, and
+  // E[(x . 1/sqrt(d))^2] = 1/d for any isotropic x, so the part orthogonal to 1 has E[|x_perp|^2] =
+  // 1 - 1/d for every alpha < 1. For alpha > 0 the triangular rows are compared with generate()'s
+  // tokens (another seed) by a two-sample z score. S = 12 > d = 8 covers the trapezoid rows beyond d.
+  // 5 standard errors per check: over the ~300 checks a false alarm has probability < 2e-4.
+  const int S = 12, d = 8, B = 20000;
+  for (const double alpha : {0.0, 0.5})
+    for (const bool drop_mean : {false, true}) {
+      const auto spec = InputSpec::gaussian(S, d, alpha);
+      maskpos::InputGenerator frame_generator(spec, 21), token_generator(spec, 22);
+      const int width = static_cast<int>(frame_generator.triangular_frame(drop_mean).width);
+      PairMoments framed(S), direct(S);
+      Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> rows(S, width);
+      Eigen::MatrixXd tokens;
+      for (int b = 0; b < B; ++b) {
+        frame_generator.generate_triangular_into<double>(static_cast<std::uint64_t>(b), rows, drop_mean);
+        framed.add(rows);
+        token_generator.generate(static_cast<std::uint64_t>(b), tokens);
+        direct.add(drop_mean ? centred(tokens) : tokens);
+      }
+      INFO("alpha " << alpha << ", drop_mean " << drop_mean);
+      for (int i = 0; i < S; ++i) {
+        const double want_norm = drop_mean ? 1.0 - 1.0 / d : 1.0;
+        if (drop_mean) CHECK(std::fabs(framed.mean(i, i) - want_norm) < 5 * framed.stderr_of_mean(i, i));
+        for (int j = 0; j < i; ++j) {
+          INFO("pair (" << i << ", " << j << ")");
+          const double z = (framed.mean(i, j) - direct.mean(i, j)) /
+                           std::hypot(framed.stderr_of_mean(i, j), direct.stderr_of_mean(i, j));
+          CHECK(std::fabs(z) < 5);
+          if (alpha == 0.0 && !drop_mean) {
+            CHECK(std::fabs(framed.mean(i, j)) < 5 * framed.stderr_of_mean(i, j));
+            // sd of (x_i . x_j)^2 is sqrt(3 / (d (d + 2)) - 1 / d^2) for uniform unit vectors
+            const double sd = std::sqrt(3.0 / (d * (d + 2)) - 1.0 / (d * d));
+            CHECK(std::fabs(framed.square(i, j) / B - 1.0 / d) < 5 * sd / std::sqrt(double(B)));
+          }
+        }
+      }
+    }
+}

@@ -47,7 +47,7 @@ TEMPLATE_TEST_CASE("same seed, same bits for 1, 2 and 4 threads and on a repeate
   DecoderConfig config;
   config.layers = 3;
   const auto inputs = InputSpec::gaussian(12, 16, 0.3);
-  for (auto path : {maskpos::MonteCarloPath::Direct, maskpos::MonteCarloPath::Gram}) {
+  for (auto path : {maskpos::MonteCarloPath::Direct, maskpos::MonteCarloPath::Gram, maskpos::MonteCarloPath::Triangular}) {
     const auto one = maskpos::monte_carlo<TestType>(config, inputs, options_with(300, 1, 0, path));
     CHECK(same_bits(one, maskpos::monte_carlo<TestType>(config, inputs, options_with(300, 2, 0, path))));
     CHECK(same_bits(one, maskpos::monte_carlo<TestType>(config, inputs, options_with(300, 4, 0, path))));
@@ -62,7 +62,7 @@ TEST_CASE("merged half-runs equal one full run, bit for bit, for any split") {
   config.norm = maskpos::Norm::LayerNorm;
   config.scale = maskpos::ScoreScale::inv_dim();
   const auto inputs = InputSpec::gaussian(10, 12, 0.2);
-  for (auto path : {maskpos::MonteCarloPath::Direct, maskpos::MonteCarloPath::Gram}) {
+  for (auto path : {maskpos::MonteCarloPath::Direct, maskpos::MonteCarloPath::Gram, maskpos::MonteCarloPath::Triangular}) {
     const auto full = maskpos::monte_carlo<float>(config, inputs, options_with(500, 2, 0, path));
     for (std::int64_t split : {250, 137, 1}) {
       auto first = maskpos::monte_carlo_accumulate<float>(config, inputs, options_with(split, 1, 0, path));
@@ -79,7 +79,8 @@ TEST_CASE("the Monte Carlo mean is the mean of the independent reference over th
   config.mask = maskpos::Mask::sliding_window(4);
   const auto inputs = InputSpec::gaussian(7, 5, 0.4);
   const int B = 64;
-  const auto result = maskpos::monte_carlo<double>(config, inputs, options_with(B, 2));
+  // Direct: the path that averages over exactly InputGenerator::generate's tokens.
+  const auto result = maskpos::monte_carlo<double>(config, inputs, options_with(B, 2, 0, maskpos::MonteCarloPath::Direct));
   maskpos::InputGenerator generator(inputs, 42);
   std::vector<Eigen::MatrixXd> sum(3, Eigen::MatrixXd::Zero(7, 7));
   for (int b = 0; b < B; ++b) {
@@ -234,4 +235,80 @@ TEST_CASE("bad Monte Carlo input raises std::invalid_argument naming the paramet
   fails_with(prefix, InputSpec::gaussian(8, 8, 0.0), ok, "mask prefix P");
   fails_with(config, InputSpec::gaussian(8, 8, 0.0), options_with(10, -1), "threads");
   fails_with(config, InputSpec::gaussian(8, 8, 0.0), options_with(0, 1), "samples B");
+}
+
+TEMPLATE_TEST_CASE("the triangular path agrees with the direct path within Monte Carlo error", "", float, double) {
+  // Two independent estimates (different seeds) of the same means: their difference over the combined
+  // standard error is N(0, 1) up to the error of the standard errors (relative 1/sqrt(2B) = 0.5% at
+  // B = 20000). Each check allows 5: over the ~10^4 checks below a false alarm has probability < 6e-3.
+  // Configurations: the paper's (S = 50, d = 64), a trapezoid frame (S = 24 > d = 12), LayerNorm
+  // with both scales, RMSNorm and no norm, no residual, and the masks with and without later keys.
+  struct Case {
+    int S, d;
+    double alpha;
+    maskpos::Norm norm;
+    maskpos::ScoreScale scale;
+    maskpos::Mask mask;
+    bool residual;
+    std::int64_t samples;
+  };
+  using maskpos::Mask;
+  using maskpos::Norm;
+  using maskpos::ScoreScale;
+  const std::vector<Case> cases = {
+      {50, 64, 0.2, Norm::L2, ScoreScale::one(), Mask::causal(), true, 20000},
+      {24, 12, 0.0, Norm::L2, ScoreScale::one(), Mask::causal(), true, 20000},
+      {24, 12, 0.5, Norm::LayerNorm, ScoreScale::inv_dim(), Mask::causal(), true, 20000},
+      {20, 32, 0.2, Norm::LayerNorm, ScoreScale::inv_sqrt_dim(), Mask::sliding_window(5), true, 20000},
+      {20, 16, 0.3, Norm::RMSNorm, ScoreScale::inv_dim(), Mask::bidirectional(), true, 20000},
+      {20, 16, 0.3, Norm::None, ScoreScale::inv_dim(), Mask::prefix_lm(6), false, 20000},
+      {16, 8, 1.0, Norm::L2, ScoreScale::one(), Mask::causal(), true, 2000}};
+  for (const auto& c : cases) {
+    DecoderConfig config;
+    config.layers = 4;
+    config.norm = c.norm;
+    config.scale = c.scale;
+    config.mask = c.mask;
+    config.residual = c.residual;
+    const auto inputs = InputSpec::gaussian(c.S, c.d, c.alpha);
+    auto options = options_with(c.samples, 2, 0, maskpos::MonteCarloPath::Direct);
+    const auto direct = maskpos::monte_carlo<TestType>(config, inputs, options);
+    options.path = maskpos::MonteCarloPath::Triangular;
+    options.seed = 43;
+    const auto framed = maskpos::monte_carlo<TestType>(config, inputs, options);
+    CHECK(framed.out_of_range == 0);
+    double largest_z = 0;
+    for (int l = 0; l < 4; ++l)
+      for (int i = 0; i < c.S; ++i)
+        for (int j = 0; j < c.S; ++j) {
+          if (!c.mask.visible(i, j)) continue;
+          // Entries constant in every sample (diagonal scores under a norm) have zero standard error:
+          // there the paths differ by rounding only, a few tens of epsilons of the compute type.
+          const double rounding = 64 * std::numeric_limits<TestType>::epsilon() * (1 + std::fabs(direct.mean_scores[l](i, j)));
+          const double spread =
+              std::max(std::hypot(direct.stderr_scores[l](i, j), framed.stderr_scores[l](i, j)), rounding);
+          const double difference = framed.mean_scores[l](i, j) - direct.mean_scores[l](i, j);
+          // alpha = 1: every token is the same, each score is a constant (zero spread up to rounding).
+          if (c.alpha == 1.0) CHECK(std::fabs(difference) < 1e3 * std::numeric_limits<TestType>::epsilon());
+          else largest_z = std::max(largest_z, std::fabs(difference) / spread);
+        }
+    INFO("S " << c.S << ", d " << c.d << ", alpha " << c.alpha << ", norm " << maskpos::to_string(c.norm));
+    CHECK(largest_z < 5);
+    WARN("largest |z| " << largest_z);
+  }
+}
+
+TEST_CASE("Auto takes the triangular frame for Gaussian inputs without RoPE, and the frame refuses the rest") {
+  DecoderConfig config;
+  config.layers = 2;
+  const auto inputs = InputSpec::gaussian(9, 16, 0.2);
+  const auto automatic = maskpos::monte_carlo<float>(config, inputs, options_with(200, 2));
+  CHECK(same_bits(automatic, maskpos::monte_carlo<float>(config, inputs, options_with(200, 2, 0, maskpos::MonteCarloPath::Triangular))));
+  CHECK_FALSE(same_bits(automatic, maskpos::monte_carlo<float>(config, inputs, options_with(200, 2, 0, maskpos::MonteCarloPath::Direct))));
+  const auto triangular = options_with(10, 1, 0, maskpos::MonteCarloPath::Triangular);
+  CHECK_THROWS_WITH(maskpos::monte_carlo<float>(config, InputSpec::orthonormal(9, 16), triangular),
+                    Catch::Contains("Monte Carlo path") && Catch::Contains("gaussian inputs"));
+  config.rope = maskpos::RopeConfig{};
+  CHECK_THROWS_WITH(maskpos::monte_carlo<float>(config, inputs, triangular),
+                    Catch::Contains("Monte Carlo path") && Catch::Contains("no RoPE"));
 }

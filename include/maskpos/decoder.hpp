@@ -153,6 +153,13 @@ namespace detail {
 /// - the update A Y runs over each row block's visible key range only, fused with the residual add.
 /// Only visible entries of scores() are meaningful; probs() is 0 on masked entries.
 ///
+/// Given a TriangularFrame, the state holds the tokens in that frame (frame.width columns instead of
+/// d; d still sets the score scale and the mean square of RMSNorm) and row i is taken to be zero from
+/// column frame.support(i) on. When no query sees a later key (causal and sliding-window masks) the
+/// layer keeps that shape, and both products skip the zeros: each tile of scores runs over the
+/// support of its last key, each tile of A Y over the keys whose support reaches its columns, about
+/// S^3 / 6 multiply-adds each instead of S^2 d / 2. Otherwise the rows are treated as dense.
+///
 /// Thread safety: none (one kernel per thread; scores() and probs() fill caches).
 template <class Scalar>
 class DecoderKernel {
@@ -160,13 +167,17 @@ class DecoderKernel {
   using RowMatrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   static constexpr Index kRows = 4;  ///< query rows per register tile
 
-  DecoderKernel(const DecoderConfig& config, Index seq_len, Index dim)
-      : config_(config), seq_len_(seq_len), dim_(dim), scale_(static_cast<Scalar>(config.scale.factor(dim))) {
+  /// \pre no RoPE with a frame; \pre frame->width >= 1
+  DecoderKernel(const DecoderConfig& config, Index seq_len, Index dim, std::optional<TriangularFrame> frame = {})
+      : config_(config), seq_len_(seq_len), dim_(dim), width_(frame ? frame->width : dim),
+        scale_(static_cast<Scalar>(config.scale.factor(dim))) {
     check_scalar<Scalar>();
     config_.validate(seq_len, dim);
+    require(!(frame && config_.rope), "RoPE", "on", "off for tokens in a triangular frame (RoPE is not rotation-invariant)");
+    require(width_ >= 1, "frame width", width_, "width >= 1");
     constexpr Index P = packet_size<Scalar>();
     rows_ = round_up(seq_len, std::max<Index>(kRows, P));
-    cols_ = round_up(dim, P);
+    cols_ = round_up(width_, P);
     double rope_factor = 1.0;
     if (config_.rope) {
       rope_.emplace(*config_.rope, dim, seq_len);
@@ -181,7 +192,7 @@ class DecoderKernel {
     normalized_.setZero(rows_, cols_);
     {
       alignas(EIGEN_MAX_ALIGN_BYTES) Scalar lanes[P];
-      for (Index k = 0; k < P; ++k) lanes[k] = cols_ - P + k < dim ? Scalar(1) : Scalar(0);
+      for (Index k = 0; k < P; ++k) lanes[k] = cols_ - P + k < width_ ? Scalar(1) : Scalar(0);
       last_columns_ = Eigen::internal::pcmp_eq(Eigen::internal::pload<PacketOf<Scalar>>(lanes),
                                                Eigen::internal::pset1<PacketOf<Scalar>>(Scalar(1)));
     }
@@ -189,9 +200,22 @@ class DecoderKernel {
     prob_rows_.setZero(rows_, rows_);
     key_begin_.resize(static_cast<std::size_t>(seq_len));
     key_end_.resize(static_cast<std::size_t>(seq_len));
+    bool no_later_keys = true;
     for (Index i = 0; i < seq_len; ++i) {
       key_begin_[static_cast<std::size_t>(i)] = config_.mask.first_key(i);
       key_end_[static_cast<std::size_t>(i)] = config_.mask.end_key(i, seq_len);
+      no_later_keys = no_later_keys && key_end_[static_cast<std::size_t>(i)] <= i + 1;
+    }
+    // Column depth of each key row and, per column packet, the first key row that reaches it.
+    key_depth_.assign(static_cast<std::size_t>(seq_len), cols_);
+    packet_first_key_.assign(static_cast<std::size_t>(cols_ / P), 0);
+    if (frame && no_later_keys) {
+      for (Index j = 0; j < seq_len; ++j) key_depth_[static_cast<std::size_t>(j)] = round_up(frame->support(j), P);
+      for (Index c = 0; c < cols_ / P; ++c) {
+        Index j = 0;
+        while (j < seq_len && key_depth_[static_cast<std::size_t>(j)] <= c * P) ++j;
+        packet_first_key_[static_cast<std::size_t>(c)] = j;
+      }
     }
   }
 
@@ -223,8 +247,9 @@ class DecoderKernel {
 
   // ---- the allocation-free interface of the Monte Carlo driver ----
 
-  /// The S x d layer input / output held by the kernel (row-major).
-  auto state_rows() { return state_.topLeftCorner(seq_len_, dim_); }
+  /// The S x d layer input / output held by the kernel (row-major; S x frame width with a frame,
+  /// zero beyond each row's support).
+  auto state_rows() { return state_.topLeftCorner(seq_len_, width_); }
 
   /// Runs one layer on state_rows(). With update_state = false only scores and probabilities are
   /// computed (the state is left as it was): what the last layer of a Monte Carlo sample needs.
@@ -238,7 +263,8 @@ class DecoderKernel {
     }
     for (Index first = 0; first < seq_len_; first += kRows) {
       const auto [begin, end] = block_keys(first);
-      dot_strip<Scalar, kRows>(query->data() + first * cols_, cols_, query->data(), cols_, cols_,
+      dot_strip<Scalar, kRows>(query->data() + first * cols_, cols_, query->data(), cols_,
+                               [this](Index key) { return key_depth_[static_cast<std::size_t>(key)]; },
                                score_rows_.data() + first * rows_, rows_, begin, end);
     }
     softmax();
@@ -249,10 +275,14 @@ class DecoderKernel {
       const Scalar* probs = prob_rows_.data() + first * rows_ + begin;
       const Scalar* values = normalized_.data() + begin * cols_;
       Scalar* out = state_.data() + first * cols_;
+      // Keys before the first one that reaches packet c contribute zeros there.
+      const auto skip = [this, begin = begin](Index c) {
+        return std::max<Index>(0, packet_first_key_[static_cast<std::size_t>(c)] - begin);
+      };
       if (config_.residual)
-        strip_product<Scalar, kRows, true>(probs, rows_, values, cols_, end - begin, out, cols_, 0, cols_ / P);
+        strip_product<Scalar, kRows, true>(probs, rows_, values, cols_, end - begin, out, cols_, 0, cols_ / P, skip);
       else
-        strip_product<Scalar, kRows, false>(probs, rows_, values, cols_, end - begin, out, cols_, 0, cols_ / P);
+        strip_product<Scalar, kRows, false>(probs, rows_, values, cols_, end - begin, out, cols_, 0, cols_ / P, skip);
     }
   }
 
@@ -413,7 +443,7 @@ class DecoderKernel {
   }
 
   DecoderConfig config_;
-  Index seq_len_, dim_, rows_ = 0, cols_ = 0;
+  Index seq_len_, dim_, width_, rows_ = 0, cols_ = 0;
   Scalar scale_, shift_;
   std::optional<RotaryEmbedding<Scalar>> rope_;
   RowMatrix rope_cos_, rope_sin_;      ///< the rotation as row-major tables (build_rotation_tables)
@@ -422,6 +452,8 @@ class DecoderKernel {
   RowMatrix state_, normalized_, rotated_, score_rows_, prob_rows_;
   PacketOf<Scalar> last_columns_;  ///< lanes of the last column packet that hold columns < d
   std::vector<Index> key_begin_, key_end_;
+  std::vector<Index> key_depth_;         ///< columns of key row j that can be non-zero, rounded to packets
+  std::vector<Index> packet_first_key_;  ///< per column packet, the first key row non-zero in it
   mutable Matrix<Scalar> scores_cache_, probs_cache_;
   mutable bool scores_cached_ = false, probs_cached_ = false;
 };

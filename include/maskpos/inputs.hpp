@@ -6,6 +6,7 @@
 #include <Eigen/Core>
 #include <Eigen/QR>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <string>
@@ -150,6 +151,75 @@ class InputGenerator {
     for (Index j = 0; j < S; ++j)
       if (qr_.matrixQR()(j, j) < 0) basis_.col(j) = -basis_.col(j);
     tokens = basis_.transpose().template cast<Scalar>();
+  }
+
+  /// The frame generate_triangular_into writes in: width min(n, d'), lead 1 when there is a shared
+  /// direction (0 < alpha), where n = S + lead vectors are drawn (1 when alpha = 1) in d' = d
+  /// dimensions, or d - 1 with drop_mean. \pre Gaussian inputs
+  TriangularFrame triangular_frame(bool drop_mean) const {
+    detail::require(spec_.kind == InputKind::Gaussian, "input kind", to_string(spec_.kind),
+                    "gaussian for the triangular frame");
+    const Index lead = spec_.alpha > 0 ? 1 : 0;
+    const Index drawn = spec_.alpha >= 1 ? 1 : spec_.seq_len + lead;
+    const Index dof = spec_.dim - (drop_mean ? 1 : 0);
+    return {std::max<Index>(1, std::min(drawn, dof)), lead};
+  }
+
+  /// Writes sample `sample`'s tokens in the sequence's own triangular frame: S rows of
+  /// triangular_frame(drop_mean).width columns whose Gram matrix is distributed exactly as that of
+  /// generate()'s tokens (with drop_mean: as that of the tokens minus their mean coordinate), for
+  /// Gaussian inputs. Every computation that only sees dot products of the tokens (no RoPE, a norm
+  /// that commutes with rotations) gives results with the same distribution from these rows, at
+  /// width min(S + 1, d) instead of d and with the zeros above the diagonal to skip.
+  ///
+  /// The drawn vectors v_0 .. v_{n-1} (c first when 0 < alpha < 1, then z_0 .. z_{S-1}) form an
+  /// n x d standard normal matrix V. Its LQ factorisation V = R Q (Gram-Schmidt of the rows in order)
+  /// has a lower-trapezoidal R whose entries are independent (Bartlett): R(r, k) ~ N(0, 1) for k < r
+  /// and R(r, r) ~ chi(d - r). Token i is then row i of (R_z + lambda R_c) normalised, in the frame
+  /// of Q's rows. With drop_mean the direction 1 / sqrt(d) is split off first: the tokens' mean
+  /// coordinates m ~ N(0, 1) enter the normalisation of the inputs only, and R is drawn in the
+  /// d - 1 dimensions orthogonal to 1 (what LayerNorm sees of each token).
+  ///
+  /// The random numbers of sample b are the SampleStream of (seed, b), a sequence other than
+  /// generate()'s: the mean coordinates (drop_mean only), the entries below the diagonal row by
+  /// row, then the diagonal (draw_chi, which also reads the uniform sequence).
+  /// \pre rows is S x triangular_frame(drop_mean).width
+  template <class Scalar, class Derived>
+  void generate_triangular_into(std::uint64_t sample, Eigen::MatrixBase<Derived> const& out_, bool drop_mean) {
+    auto& rows = const_cast<Eigen::MatrixBase<Derived>&>(out_);
+    const TriangularFrame frame = triangular_frame(drop_mean);
+    const Index S = spec_.seq_len, w = frame.width, lead = frame.lead;
+    const Index drawn = spec_.alpha >= 1 ? 1 : S + lead, dof = spec_.dim - (drop_mean ? 1 : 0);
+    stream_.start_sample(sample);
+    Index below = 0;
+    for (Index r = 0; r < drawn; ++r) below += std::min(r, w);
+    const Index means = drop_mean ? drawn : 0;
+    normals_.resize(means + below);
+    stream_.fill_normal(normals_.data(), normals_.size());
+    auto& factor = rows_<Scalar>();
+    factor.setZero(drawn, w);
+    const float* next = normals_.data() + means;
+    for (Index r = 0; r < drawn; ++r) {
+      for (Index k = 0; k < std::min(r, w); ++k) factor(r, k) = static_cast<Scalar>(*next++);
+      if (r < w) factor(r, r) = static_cast<Scalar>(draw_chi(stream_, dof - r));
+    }
+    auto mean = [&](Index r) { return drop_mean ? static_cast<Scalar>(normals_[r]) : Scalar(0); };
+    if (spec_.alpha >= 1) {  // every token is c / |c|
+      const Scalar length = std::sqrt(factor.row(0).squaredNorm() + mean(0) * mean(0));
+      for (Index i = 0; i < S; ++i) rows.row(i) = factor.row(0) / length;
+      return;
+    }
+    const Scalar lambda = static_cast<Scalar>(std::sqrt(spec_.alpha / (1.0 - spec_.alpha)));
+    for (Index i = 0; i < S; ++i) {
+      const Index r = i + lead, support = frame.support(i);
+      Scalar mean_i = mean(r), square = 0;
+      if (lead > 0) {
+        factor.row(r).head(support) += lambda * factor.row(0).head(support);
+        mean_i += lambda * mean(0);
+      }
+      square = factor.row(r).head(support).squaredNorm() + mean_i * mean_i;
+      rows.row(i) = factor.row(r) * (Scalar(1) / std::sqrt(square));
+    }
   }
 
  private:

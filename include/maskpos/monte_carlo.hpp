@@ -19,6 +19,7 @@
 #include <limits>
 #include <mutex>
 #include <optional>
+#include <string>
 #include <thread>
 #include <type_traits>
 #include <utility>
@@ -35,12 +36,27 @@ namespace maskpos {
 
 using detail::SumGrid;
 
-/// How the Monte Carlo driver propagates each sequence (the results agree up to rounding).
+/// How the Monte Carlo driver propagates each sequence. Direct and Gram average over exactly the
+/// tokens of InputGenerator::generate and agree up to rounding; Triangular draws the same
+/// distribution in each sequence's own frame, so its means agree with theirs within Monte Carlo error.
 enum class MonteCarloPath {
-  Auto,    ///< Gram when there is no RoPE and it is measured to be faster (8 d > 3 S + 456), else Direct
-  Direct,  ///< token space: S^2 d work per layer (detail::DecoderKernel)
-  Gram     ///< Gram space: about 2 S^3 / 3 per layer (detail::TiledGramKernel); \pre no RoPE
+  Auto,       ///< Triangular for Gaussian inputs without RoPE; otherwise Gram where it is measured to be
+              ///< faster (no RoPE, 8 d > 3 S + 456), else Direct
+  Direct,     ///< token space: S^2 d work per layer (detail::DecoderKernel)
+  Gram,       ///< Gram space: about 2 S^3 / 3 per layer (detail::TiledGramKernel); \pre no RoPE
+  Triangular  ///< token space in the sequence's triangular frame (InputGenerator::generate_triangular_into):
+              ///< width min(S + 1, d), about S^3 / 3 per layer for causal masks; \pre Gaussian inputs, no RoPE
 };
+
+inline std::string to_string(MonteCarloPath path) {
+  switch (path) {
+    case MonteCarloPath::Auto: return "auto";
+    case MonteCarloPath::Direct: return "direct";
+    case MonteCarloPath::Gram: return "gram";
+    case MonteCarloPath::Triangular: return "triangular";
+  }
+  return "?";
+}
 
 /// How many samples to draw, from which seed, on how many threads.
 struct MonteCarloOptions {
@@ -319,11 +335,22 @@ MonteCarloAccumulator monte_carlo_accumulate(const DecoderConfig& config, const 
   const int hardware = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   const int threads = static_cast<int>(std::min<std::int64_t>(options.threads == 0 ? hardware : options.threads,
                                                               options.samples));
-  // Gram-space propagation (NOTES Sec. 5) when it is faster: no RoPE and d large next to S.
+  // The triangular frame whenever the inputs allow it; else Gram-space propagation (NOTES Sec. 5)
+  // when it is faster: no RoPE and d large next to S.
+  const bool use_triangular = options.path == MonteCarloPath::Triangular ||
+                              (options.path == MonteCarloPath::Auto && inputs.kind == InputKind::Gaussian && !config.rope);
   const bool use_gram = options.path == MonteCarloPath::Gram ||
-                        (options.path == MonteCarloPath::Auto &&
+                        (options.path == MonteCarloPath::Auto && !use_triangular &&
                          detail::TiledGramKernel<Scalar>::preferred(config, inputs.seq_len, inputs.dim));
   detail::require(!(use_gram && config.rope), "Monte Carlo path", "gram", "no RoPE (use Auto or Direct)");
+  detail::require(!(use_triangular && config.rope), "Monte Carlo path", "triangular", "no RoPE (use Auto or Direct)");
+  detail::require(!use_triangular || inputs.kind == InputKind::Gaussian, "Monte Carlo path", "triangular",
+                  "gaussian inputs (" + to_string(inputs.kind) + " given; use Auto or Direct)");
+  // LayerNorm sees only the part of each token orthogonal to 1: in the frame of that part it is
+  // RMSNorm with the mean square still taken over d (the centred row's variance).
+  DecoderConfig frame_config = config;
+  if (frame_config.norm == Norm::LayerNorm) frame_config.norm = Norm::RMSNorm;
+  const bool drop_mean = config.norm == Norm::LayerNorm;
   constexpr std::int64_t kChunk = 32;
   const std::int64_t total = options.samples;
   std::atomic<std::int64_t> next{0}, done{0};
@@ -336,7 +363,9 @@ MonteCarloAccumulator monte_carlo_accumulate(const DecoderConfig& config, const 
       InputGenerator generator(inputs, options.seed);
       MonteCarloAccumulator& sums = partial[static_cast<std::size_t>(worker)];
       // Both kernels start from tokens in the direct kernel's padded row-major state.
-      detail::DecoderKernel<Scalar> kernel(config, inputs.seq_len, inputs.dim);
+      std::optional<TriangularFrame> frame;
+      if (use_triangular) frame = generator.triangular_frame(drop_mean);
+      detail::DecoderKernel<Scalar> kernel(use_triangular ? frame_config : config, inputs.seq_len, inputs.dim, frame);
       std::optional<detail::TiledGramKernel<Scalar>> gram;
       if (use_gram) gram.emplace(config, inputs.seq_len, inputs.dim);
       for (;;) {
@@ -344,8 +373,9 @@ MonteCarloAccumulator monte_carlo_accumulate(const DecoderConfig& config, const 
         if (begin >= total) break;
         const std::int64_t end = std::min(begin + kChunk, total);
         for (std::int64_t b = begin; b < end; ++b) {
-          generator.generate_into<Scalar>(options.first_sample + static_cast<std::uint64_t>(b),
-                                                   kernel.state_rows());
+          const std::uint64_t sample = options.first_sample + static_cast<std::uint64_t>(b);
+          if (frame) generator.generate_triangular_into<Scalar>(sample, kernel.state_rows(), drop_mean);
+          else generator.generate_into<Scalar>(sample, kernel.state_rows());
           if (gram) {
             gram->load(kernel.state_data(), kernel.state_stride());
             for (Index l = 0; l < config.layers; ++l) {

@@ -8,6 +8,7 @@
 #include <Eigen/Core>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 
 #if defined(__AVX2__)
@@ -165,6 +166,8 @@ class SampleStream {
     sample_ = sample;
     chunk_ = 0;
     buffered_ = 0;
+    uniform_chunk_ = 0;
+    uniform_buffered_ = 0;
   }
 
   /// Writes the next n standard normals of the stream to out[0..n).
@@ -179,6 +182,32 @@ class SampleStream {
       for (Index k = 0; k < rest; ++k) out[done + k] = buffer_[k];
       buffered_ = kChunk - rest;
     }
+  }
+
+  /// The next standard normal of the stream (the same sequence as fill_normal).
+  float next_normal() {
+    float value;
+    fill_normal(&value, 1);
+    return value;
+  }
+
+  /// The next number of the sample's uniform sequence, uniform on (0, 1): a second sequence,
+  /// independent of the normals, read in chunks of kChunk from the counters {b_lo, b_hi, 16 t + j, 1}
+  /// (the normals use counter word 3 = 0). Each 32-bit word w gives u = (w + 1/2) 2^-32, exact in double.
+  double next_uniform() {
+    if (uniform_buffered_ == 0) {
+      if (uniform_chunk_ >= (std::uint32_t{1} << 28))
+        detail::throw_invalid("uniforms drawn for one sample", uniform_chunk_, "fewer than 2^34 per sample");
+      std::uint32_t words[4][detail::kPhiloxLanes];
+      detail::philox4x32_10_lanes(static_cast<std::uint32_t>(sample_), static_cast<std::uint32_t>(sample_ >> 32),
+                                  uniform_chunk_ * detail::kPhiloxLanes, 1u, key0_, key1_, words);
+      for (int w = 0; w < 4; ++w)
+        for (int j = 0; j < detail::kPhiloxLanes; ++j) uniform_words_[w * detail::kPhiloxLanes + j] = words[w][j];
+      ++uniform_chunk_;
+      uniform_buffered_ = kChunk;
+    }
+    const std::uint32_t word = uniform_words_[kChunk - uniform_buffered_--];
+    return (static_cast<double>(word) + 0.5) * (1.0 / 4294967296.0);
   }
 
   /// Fills `out` with the next out.size() standard normals (float precision).
@@ -210,6 +239,32 @@ class SampleStream {
   std::uint32_t chunk_ = 0;
   Index buffered_ = 0;  ///< unread normals at the end of buffer_
   alignas(64) float buffer_[kChunk];
+  std::uint32_t uniform_chunk_ = 0;
+  Index uniform_buffered_ = 0;  ///< unread words at the end of uniform_words_
+  std::uint32_t uniform_words_[kChunk];
 };
+
+/// A chi variate with `dof` degrees of freedom: the length of a dof-dimensional standard normal
+/// vector, drawn from the sample's stream without drawing the dof normals.
+///
+/// chi = sqrt(2 g) with g ~ Gamma(dof / 2, 1) by Marsaglia and Tsang's rejection method (ACM TOMS
+/// 26(3), 2000: c = a - 1/3, candidate c (1 + x / sqrt(9 c))^3 for a normal x, accepted by the
+/// squeeze u < 1 - 0.0331 x^4 or by log u < x^2 / 2 + c (1 - v + log v)); dof = 1 is |x| and
+/// dof = 0 is 0. Each candidate reads one normal and one uniform; fewer than 5% are rejected for
+/// dof >= 2. \pre dof >= 0
+inline double draw_chi(SampleStream& stream, Index dof) {
+  if (dof <= 0) return 0.0;
+  if (dof == 1) return std::fabs(static_cast<double>(stream.next_normal()));
+  const double c = 0.5 * static_cast<double>(dof) - 1.0 / 3.0, spread = 1.0 / std::sqrt(9.0 * c);
+  for (;;) {
+    const double x = stream.next_normal();
+    double v = 1.0 + spread * x;
+    if (v <= 0.0) continue;
+    v = v * v * v;
+    const double u = stream.next_uniform();
+    const double x2 = x * x;
+    if (u < 1.0 - 0.0331 * x2 * x2 || std::log(u) < 0.5 * x2 + c * (1.0 - v + std::log(v))) return std::sqrt(2.0 * c * v);
+  }
+}
 
 }  // namespace maskpos
