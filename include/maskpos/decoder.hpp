@@ -147,8 +147,9 @@ namespace detail {
 /// Internally every matrix is row-major and padded (rows to a multiple of the row block and of the
 /// SIMD packet, columns to a multiple of the packet), padding kept at zero:
 /// - scores: for each block of kRows queries, only the keys visible to some query of the block are
-///   computed, as register tiles of dot products (for the causal mask: the lower triangle plus the
-///   small triangles above the diagonal inside each block);
+///   computed (for the causal mask: the lower triangle plus the small triangles above the diagonal
+///   inside each block), as register tiles of Y Y^T from Y and its transpose, which the
+///   normalisation writes as well (with RoPE: dot products of the rotated rows);
 /// - the softmax runs over each row's contiguous visible range (contiguous memory, vectorised exp);
 /// - the update A Y runs over each row block's visible key range only, fused with the residual add.
 /// Only visible entries of scores() are meaningful; probs() is 0 on masked entries.
@@ -159,6 +160,7 @@ namespace detail {
 /// layer keeps that shape, and both products skip the zeros: each tile of scores runs over the
 /// support of its last key, each tile of A Y over the keys whose support reaches its columns, about
 /// S^3 / 6 multiply-adds each instead of S^2 d / 2. Otherwise the rows are treated as dense.
+/// \pre no RoPE and no LayerNorm with a frame (LayerNorm: pass the centred tokens with RMSNorm).
 ///
 /// Thread safety: none (one kernel per thread; scores() and probs() fill caches).
 template <class Scalar>
@@ -175,6 +177,9 @@ class DecoderKernel {
     config_.validate(seq_len, dim);
     require(!(frame && config_.rope), "RoPE", "on", "off for tokens in a triangular frame (RoPE is not rotation-invariant)");
     require(width_ >= 1, "frame width", width_, "width >= 1");
+    require(!(frame && config_.norm == Norm::LayerNorm), "norm", "layernorm",
+            "l2, rmsnorm or none for tokens in a triangular frame (centring would fill the zeros: pass the centred "
+            "tokens with rmsnorm instead)");
     constexpr Index P = packet_size<Scalar>();
     rows_ = round_up(seq_len, std::max<Index>(kRows, P));
     cols_ = round_up(width_, P);
@@ -206,17 +211,17 @@ class DecoderKernel {
       key_end_[static_cast<std::size_t>(i)] = config_.mask.end_key(i, seq_len);
       no_later_keys = no_later_keys && key_end_[static_cast<std::size_t>(i)] <= i + 1;
     }
-    // Column depth of each key row and, per column packet, the first key row that reaches it.
-    key_depth_.assign(static_cast<std::size_t>(seq_len), cols_);
+    // The support of each row and, per column packet, the first row that reaches it.
+    support_.assign(static_cast<std::size_t>(seq_len), width_);
+    if (frame && no_later_keys)
+      for (Index j = 0; j < seq_len; ++j) support_[static_cast<std::size_t>(j)] = frame->support(j);
     packet_first_key_.assign(static_cast<std::size_t>(cols_ / P), 0);
-    if (frame && no_later_keys) {
-      for (Index j = 0; j < seq_len; ++j) key_depth_[static_cast<std::size_t>(j)] = round_up(frame->support(j), P);
-      for (Index c = 0; c < cols_ / P; ++c) {
-        Index j = 0;
-        while (j < seq_len && key_depth_[static_cast<std::size_t>(j)] <= c * P) ++j;
-        packet_first_key_[static_cast<std::size_t>(c)] = j;
-      }
+    for (Index c = 0; c < cols_ / P; ++c) {
+      Index j = 0;
+      while (j < seq_len && support_[static_cast<std::size_t>(j)] <= c * P) ++j;
+      packet_first_key_[static_cast<std::size_t>(c)] = j;
     }
+    if (!rope_) transposed_.setZero(cols_, rows_);
   }
 
   const DecoderConfig& config() const { return config_; }
@@ -261,23 +266,35 @@ class DecoderKernel {
       rotate();
       query = &rotated_;
     }
+    constexpr Index P = packet_size<Scalar>();
     for (Index first = 0; first < seq_len_; first += kRows) {
       const auto [begin, end] = block_keys(first);
-      dot_strip<Scalar, kRows>(query->data() + first * cols_, cols_, query->data(), cols_,
-                               [this](Index key) { return key_depth_[static_cast<std::size_t>(key)]; },
-                               score_rows_.data() + first * rows_, rows_, begin, end);
+      Scalar* scores = score_rows_.data() + first * rows_;
+      if (rope_) {
+        dot_strip<Scalar, kRows>(query->data() + first * cols_, cols_, query->data(), cols_, cols_, scores, rows_, begin, end);
+        continue;
+      }
+      // Y Y^T over the key packets that hold [begin, end); the tile of packets c.. runs over the
+      // columns its last key can fill.
+      const auto key_columns = [this](Index c, int packets, Index depth) {
+        const Index last_key = std::min((c + packets) * P, seq_len_) - 1;
+        return std::pair<Index, Index>{0, std::min(depth, support_[static_cast<std::size_t>(last_key)])};
+      };
+      const Index last_query = std::min(first + kRows, seq_len_) - 1;
+      strip_product<Scalar, kRows, false>(normalized_.data() + first * cols_, cols_, transposed_.data(), rows_,
+                                          support_[static_cast<std::size_t>(last_query)], scores, rows_, begin / P,
+                                          (end + P - 1) / P, key_columns);
     }
     softmax();
     if (!update_state) return;
-    constexpr Index P = packet_size<Scalar>();
     for (Index first = 0; first < seq_len_; first += kRows) {
       const auto [begin, end] = block_keys(first);
       const Scalar* probs = prob_rows_.data() + first * rows_ + begin;
       const Scalar* values = normalized_.data() + begin * cols_;
       Scalar* out = state_.data() + first * cols_;
       // Keys before the first one that reaches packet c contribute zeros there.
-      const auto skip = [this, begin = begin](Index c) {
-        return std::max<Index>(0, packet_first_key_[static_cast<std::size_t>(c)] - begin);
+      const auto skip = [this, begin = begin](Index c, int, Index depth) {
+        return std::pair<Index, Index>{std::max<Index>(0, packet_first_key_[static_cast<std::size_t>(c)] - begin), depth};
       };
       if (config_.residual)
         strip_product<Scalar, kRows, true>(probs, rows_, values, cols_, end - begin, out, cols_, 0, cols_ / P, skip);
@@ -324,16 +341,13 @@ class DecoderKernel {
     using namespace Eigen::internal;
     using Packet = PacketOf<Scalar>;
     constexpr int P = packet_size<Scalar>();
-    const Index packets = cols_ / P;
+    // Columns beyond the support of the block's last row are zero (and stay zero in normalized_).
+    const Index packets = round_up(support_[static_cast<std::size_t>(row0 + Rows - 1)], P) / P;
     const Scalar* x = state_.data() + row0 * cols_;
     Scalar* y = normalized_.data() + row0 * cols_;
-    if (config_.norm == Norm::None) {
-      for (Index k = 0; k < Rows * cols_; k += P) pstore(y + k, pload<Packet>(x + k));
-      return;
-    }
     const Scalar inv_dim = Scalar(1) / static_cast<Scalar>(dim_);
     alignas(EIGEN_MAX_ALIGN_BYTES) Scalar mean[Rows > P ? Rows : P] = {}, factor[Rows > P ? Rows : P];
-    const bool centred = config_.norm == Norm::LayerNorm;
+    const bool centred = config_.norm == Norm::LayerNorm, scaled = config_.norm != Norm::None;
     if (centred) {  // the mean first, then the variance about it (two passes, as normalize_rows)
       Packet sum[Rows];
       for (int r = 0; r < Rows; ++r) sum[r] = pset1<Packet>(Scalar(0));
@@ -347,13 +361,15 @@ class DecoderKernel {
       square[r] = pset1<Packet>(Scalar(0));
       mean_packet[r] = pset1<Packet>(mean[r]);
     }
-    for (Index c = 0; c < packets; ++c)
-      for (int r = 0; r < Rows; ++r) {
-        Packet v = pload<Packet>(x + r * cols_ + c * P);
-        if (centred) v = pand(psub(v, mean_packet[r]), column_mask(c));
-        square[r] = pmadd(v, v, square[r]);
-      }
-    lane_totals<Scalar, Rows>(square, factor);
+    if (scaled) {
+      for (Index c = 0; c < packets; ++c)
+        for (int r = 0; r < Rows; ++r) {
+          Packet v = pload<Packet>(x + r * cols_ + c * P);
+          if (centred) v = pand(psub(v, mean_packet[r]), column_mask(c));
+          square[r] = pmadd(v, v, square[r]);
+        }
+      lane_totals<Scalar, Rows>(square, factor);
+    }
     const Scalar eps = static_cast<Scalar>(config_.norm_eps);
     for (int r = 0; r < Rows; ++r) {
       Scalar divisor = 0;
@@ -361,16 +377,35 @@ class DecoderKernel {
         case Norm::L2: divisor = std::max(std::sqrt(factor[r]), eps); break;
         case Norm::LayerNorm:
         case Norm::RMSNorm: divisor = std::sqrt(factor[r] * inv_dim + eps); break;
-        case Norm::None: break;
+        case Norm::None: divisor = 1; break;
       }
       factor[r] = divisor > 0 ? Scalar(1) / divisor : Scalar(0);
     }
-    for (int r = 0; r < Rows; ++r) {
-      const Packet f = pset1<Packet>(factor[r]);
-      for (Index c = 0; c < packets; ++c) {
+    Packet f[Rows];
+    for (int r = 0; r < Rows; ++r) f[r] = pset1<Packet>(factor[r]);
+    for (Index c = 0; c < packets; ++c) {
+#if defined(__GNUC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wignored-attributes"  // the vector type's alignment attribute, as in Eigen
+#endif
+      PacketBlock<Packet, Rows> block;
+#if defined(__GNUC__)
+#pragma GCC diagnostic pop
+#endif
+      for (int r = 0; r < Rows; ++r) {
         Packet v = pload<Packet>(x + r * cols_ + c * P);
         if (centred) v = pand(psub(v, mean_packet[r]), column_mask(c));
-        pstore(y + r * cols_ + c * P, pmul(v, f));
+        block.packet[r] = pmul(v, f[r]);
+        pstore(y + r * cols_ + c * P, block.packet[r]);
+      }
+      if (rope_) continue;
+      // Y^T for the scores: a full packet of rows is one register transpose.
+      if constexpr (Rows == P && P > 1) {
+        ptranspose(block);
+        for (int k = 0; k < P; ++k) pstoreu(transposed_.data() + (c * P + k) * rows_ + row0, block.packet[k]);
+      } else {
+        for (int r = 0; r < Rows; ++r)
+          for (Index k = 0; k < P; ++k) transposed_(c * P + k, row0 + r) = y[r * cols_ + c * P + k];
       }
     }
   }
@@ -450,9 +485,10 @@ class DecoderKernel {
   std::vector<Index> rope_partner_;    ///< the coordinate each coordinate is paired with
   Index packet_half_ = 0;              ///< half the rotary dimension when the packet path applies, else 0
   RowMatrix state_, normalized_, rotated_, score_rows_, prob_rows_;
+  RowMatrix transposed_;  ///< normalized_^T (cols_ x rows_), without RoPE
   PacketOf<Scalar> last_columns_;  ///< lanes of the last column packet that hold columns < d
   std::vector<Index> key_begin_, key_end_;
-  std::vector<Index> key_depth_;         ///< columns of key row j that can be non-zero, rounded to packets
+  std::vector<Index> support_;           ///< columns of row j that can be non-zero (width_ for dense rows)
   std::vector<Index> packet_first_key_;  ///< per column packet, the first key row non-zero in it
   mutable Matrix<Scalar> scores_cache_, probs_cache_;
   mutable bool scores_cached_ = false, probs_cached_ = false;

@@ -12,6 +12,7 @@
 #include <string>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "detail/errors.hpp"
 #include "random.hpp"
@@ -180,9 +181,10 @@ class InputGenerator {
   /// coordinates m ~ N(0, 1) enter the normalisation of the inputs only, and R is drawn in the
   /// d - 1 dimensions orthogonal to 1 (what LayerNorm sees of each token).
   ///
-  /// The random numbers of sample b are the SampleStream of (seed, b), a sequence other than
-  /// generate()'s: the mean coordinates (drop_mean only), the entries below the diagonal row by
-  /// row, then the diagonal (draw_chi, which also reads the uniform sequence).
+  /// The random numbers of sample b are the SampleStream of (seed, b), used otherwise than by
+  /// generate(): the mean coordinates (drop_mean only), the entries below the diagonal row by row,
+  /// then the diagonal (draw_chi_diagonal, which also reads the uniform sequence). Row 0 of R is c,
+  /// chi(d') e_0, so all a token needs is its own row of R, the first diagonal entry and m.
   /// \pre rows is S x triangular_frame(drop_mean).width
   template <class Scalar, class Derived>
   void generate_triangular_into(std::uint64_t sample, Eigen::MatrixBase<Derived> const& out_, bool drop_mean) {
@@ -190,36 +192,44 @@ class InputGenerator {
     const TriangularFrame frame = triangular_frame(drop_mean);
     const Index S = spec_.seq_len, w = frame.width, lead = frame.lead;
     const Index drawn = spec_.alpha >= 1 ? 1 : S + lead, dof = spec_.dim - (drop_mean ? 1 : 0);
+    const Index diagonal = std::min(drawn, w);
     stream_.start_sample(sample);
     Index below = 0;
     for (Index r = 0; r < drawn; ++r) below += std::min(r, w);
     const Index means = drop_mean ? drawn : 0;
-    normals_.resize(means + below);
-    stream_.fill_normal(normals_.data(), normals_.size());
-    auto& factor = rows_<Scalar>();
-    factor.setZero(drawn, w);
-    const float* next = normals_.data() + means;
-    for (Index r = 0; r < drawn; ++r) {
-      for (Index k = 0; k < std::min(r, w); ++k) factor(r, k) = static_cast<Scalar>(*next++);
-      if (r < w) factor(r, r) = static_cast<Scalar>(draw_chi(stream_, dof - r));
-    }
+    normals_.resize(means + below + diagonal);
+    chi_.resize(diagonal);
+    stream_.fill_normal(normals_.data(), means + below);
+    draw_chi_diagonal(stream_, dof, diagonal, normals_.data() + means + below, chi_.data());
     auto mean = [&](Index r) { return drop_mean ? static_cast<Scalar>(normals_[r]) : Scalar(0); };
+    // Row 0 of R is c = chi(d') e_0 when there is a shared direction.
+    const Scalar shared = lead > 0 ? static_cast<Scalar>(chi_[0]) : Scalar(0), shared_mean = lead > 0 ? mean(0) : Scalar(0);
     if (spec_.alpha >= 1) {  // every token is c / |c|
-      const Scalar length = std::sqrt(factor.row(0).squaredNorm() + mean(0) * mean(0));
-      for (Index i = 0; i < S; ++i) rows.row(i) = factor.row(0) / length;
+      rows.setZero();
+      rows.col(0).setConstant(shared / std::sqrt(shared * shared + shared_mean * shared_mean));
       return;
     }
     const Scalar lambda = static_cast<Scalar>(std::sqrt(spec_.alpha / (1.0 - spec_.alpha)));
+    // Row by row through a pointer (the kernel's state is row-major): a plain loop per row.
+    constexpr bool direct = (int(Derived::Flags) & Eigen::RowMajorBit) && (int(Derived::Flags) & Eigen::DirectAccessBit);
+    auto& buffer = rows_<Scalar>();
+    if constexpr (!direct) buffer.resize(S, w);
+    Scalar* out = direct ? &rows.coeffRef(0, 0) : buffer.data();
+    const Index stride = direct ? rows.derived().outerStride() : w;
+    const float* next = normals_.data() + means;
     for (Index i = 0; i < S; ++i) {
-      const Index r = i + lead, support = frame.support(i);
-      Scalar mean_i = mean(r), square = 0;
-      if (lead > 0) {
-        factor.row(r).head(support) += lambda * factor.row(0).head(support);
-        mean_i += lambda * mean(0);
-      }
-      square = factor.row(r).head(support).squaredNorm() + mean_i * mean_i;
-      rows.row(i) = factor.row(r) * (Scalar(1) / std::sqrt(square));
+      const Index r = i + lead, support = frame.support(i), below_r = std::min(r, w);
+      Scalar* row = out + i * stride;
+      for (Index k = 0; k < below_r; ++k) row[k] = static_cast<Scalar>(next[k]);
+      next += below_r;
+      if (r < w) row[r] = static_cast<Scalar>(chi_[static_cast<std::size_t>(r)]);
+      std::fill(row + support, row + w, Scalar(0));
+      if (lead > 0) row[0] += lambda * shared;
+      const Scalar mean_i = mean(r) + lambda * shared_mean;
+      Eigen::Map<Eigen::Array<Scalar, 1, Eigen::Dynamic>> head(row, support);
+      head *= Scalar(1) / std::sqrt(head.square().sum() + mean_i * mean_i);
     }
+    if constexpr (!direct) rows = buffer;
   }
 
  private:
@@ -248,6 +258,7 @@ class InputGenerator {
   Eigen::Array<double, 1, Eigen::Dynamic> shared_scaled_d_, row_d_;
   Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> rows_f_;
   Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> rows_d_;
+  std::vector<double> chi_;  ///< the diagonal of the Bartlett factor (generate_triangular_into)
   Matrix<double> frame_, basis_;
   Eigen::HouseholderQR<Matrix<double>> qr_;
 };

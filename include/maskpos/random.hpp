@@ -244,27 +244,61 @@ class SampleStream {
   std::uint32_t uniform_words_[kChunk];
 };
 
+namespace detail {
+
+/// One candidate of Marsaglia and Tsang's method for g ~ Gamma(a, 1), a >= 1 (ACM TOMS 26(3), 2000):
+/// with c = a - 1/3, a normal x and a uniform u, v = (1 + x / sqrt(9 c))^3 is accepted if v > 0 and
+/// either u < 1 - 0.0331 x^4 (the squeeze) or log u < x^2 / 2 + c (1 - v + log v); then
+/// chi = sqrt(2 c v). Returns false for a rejected candidate.
+inline bool chi_candidate(double c, double x, double u, double& chi) {
+  double v = 1.0 + x / std::sqrt(9.0 * c);
+  if (v <= 0.0) return false;
+  v = v * v * v;
+  const double x2 = x * x;
+  if (u < 1.0 - 0.0331 * x2 * x2 || std::log(u) < 0.5 * x2 + c * (1.0 - v + std::log(v))) {
+    chi = std::sqrt(2.0 * c * v);
+    return true;
+  }
+  return false;
+}
+
+}  // namespace detail
+
 /// A chi variate with `dof` degrees of freedom: the length of a dof-dimensional standard normal
 /// vector, drawn from the sample's stream without drawing the dof normals.
 ///
-/// chi = sqrt(2 g) with g ~ Gamma(dof / 2, 1) by Marsaglia and Tsang's rejection method (ACM TOMS
-/// 26(3), 2000: c = a - 1/3, candidate c (1 + x / sqrt(9 c))^3 for a normal x, accepted by the
-/// squeeze u < 1 - 0.0331 x^4 or by log u < x^2 / 2 + c (1 - v + log v)); dof = 1 is |x| and
-/// dof = 0 is 0. Each candidate reads one normal and one uniform; fewer than 5% are rejected for
-/// dof >= 2. \pre dof >= 0
+/// chi = sqrt(2 g) with g ~ Gamma(dof / 2, 1) by Marsaglia and Tsang's rejection method (see
+/// detail::chi_candidate); each candidate reads one normal, then one uniform. dof = 1 is |x| for one
+/// normal x and dof = 0 is 0. Fewer than 5% of the candidates are rejected for dof >= 2.
+/// \pre dof >= 0
 inline double draw_chi(SampleStream& stream, Index dof) {
   if (dof <= 0) return 0.0;
   if (dof == 1) return std::fabs(static_cast<double>(stream.next_normal()));
-  const double c = 0.5 * static_cast<double>(dof) - 1.0 / 3.0, spread = 1.0 / std::sqrt(9.0 * c);
+  const double c = 0.5 * static_cast<double>(dof) - 1.0 / 3.0;
   for (;;) {
     const double x = stream.next_normal();
-    double v = 1.0 + spread * x;
-    if (v <= 0.0) continue;
-    v = v * v * v;
-    const double u = stream.next_uniform();
-    const double x2 = x * x;
-    if (u < 1.0 - 0.0331 * x2 * x2 || std::log(u) < 0.5 * x2 + c * (1.0 - v + std::log(v))) return std::sqrt(2.0 * c * v);
+    double chi;
+    if (detail::chi_candidate(c, x, stream.next_uniform(), chi)) return chi;
   }
+}
+
+/// chi[r] ~ chi(dof - r) for r < count, independent (the diagonal of a Bartlett factor): the method
+/// of draw_chi, with the first candidates of all count variates read together (count normals in one
+/// read, then a uniform for each r with dof - r >= 2; for dof - r = 1 the normal's |x|), then each rejected variate redrawn in
+/// order of r as draw_chi draws. \pre 0 <= count <= dof; \pre `normals` holds count floats
+inline void draw_chi_diagonal(SampleStream& stream, Index dof, Index count, float* normals, double* chi) {
+  stream.fill_normal(normals, count);
+  for (Index r = 0; r < count; ++r) {
+    const Index k = dof - r;
+    const double x = normals[r];
+    if (k == 1) {
+      chi[r] = std::fabs(x);
+      continue;
+    }
+    if (!detail::chi_candidate(0.5 * static_cast<double>(k) - 1.0 / 3.0, x, stream.next_uniform(), chi[r])) chi[r] = -1;
+  }
+  for (Index r = 0; r < count; ++r)
+    if (chi[r] < 0) chi[r] = draw_chi(stream, dof - r);
 }
 
 }  // namespace maskpos

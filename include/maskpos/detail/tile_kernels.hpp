@@ -13,6 +13,7 @@
 #include <cmath>
 #include <limits>
 #include <type_traits>
+#include <utility>
 
 #if defined(__AVX__)
 #include <immintrin.h>
@@ -57,24 +58,25 @@ EIGEN_ALWAYS_INLINE void tile_product(const Scalar* a, Eigen::Index a_stride, co
     for (int c = 0; c < Packets; ++c) pstoreu(out + r * out_stride + c * P, acc[r][c]);
 }
 
-/// No leading rows of B to skip (the dense case of strip_product).
-struct SkipNone {
-  Eigen::Index operator()(Eigen::Index) const { return 0; }
+/// The whole depth for every tile (the dense case of strip_product).
+struct FullDepth {
+  std::pair<Eigen::Index, Eigen::Index> operator()(Eigen::Index, int, Eigen::Index depth) const { return {0, depth}; }
 };
 
 /// Rows x [first_packet, end_packet) tile strip: splits the packets into tiles of at most 3 (4 x 3
 /// packets use 12 accumulators + 3 loads + 1 broadcast: the 16 vector registers of AVX2).
-/// skip(c) is a number of leading rows of B that are zero in packets c, c + 1 and c + 2 (a
-/// triangular B): the tile starting at packet c runs over depth k in [skip(c), depth) only.
-template <class Scalar, int Rows, bool Accumulate, class Skip = SkipNone>
+/// range(c, packets, depth) = [k0, k1) is the part of the depth where B can be non-zero in the
+/// tile's packets c .. c + packets - 1 (a triangular B); the tile runs over that part only.
+template <class Scalar, int Rows, bool Accumulate, class Range = FullDepth>
 inline void strip_product(const Scalar* a, Eigen::Index a_stride, const Scalar* b, Eigen::Index b_stride,
                           Eigen::Index depth, Scalar* out, Eigen::Index out_stride, Eigen::Index first_packet,
-                          Eigen::Index end_packet, Skip skip = {}) {
+                          Eigen::Index end_packet, Range range = {}) {
   constexpr int P = packet_size<Scalar>();
   auto tile = [&](auto packets, Eigen::Index c) {
-    const Eigen::Index k0 = std::min(skip(c), depth);
+    auto [k0, k1] = range(c, decltype(packets)::value, depth);
+    k1 = std::max(k0, k1);
     tile_product<Scalar, Rows, decltype(packets)::value, Accumulate>(a + k0, a_stride, b + k0 * b_stride + c * P, b_stride,
-                                                                      depth - k0, out + c * P, out_stride);
+                                                                      k1 - k0, out + c * P, out_stride);
   };
   Eigen::Index c = first_packet;
   for (; end_packet - c >= 3; c += 3) tile(std::integral_constant<int, 3>(), c);
@@ -133,22 +135,14 @@ EIGEN_ALWAYS_INLINE void dot_tile(const Scalar* a, Eigen::Index a_stride, const 
   for (int r = 0; r < Rows; ++r) reduce_packets<Scalar, Keys>(acc[r], out + r * out_stride);
 }
 
-/// The Rows x [begin, end) strip of A B^T (see dot_tile), in tiles of 3 keys. `depth` is either
-/// one depth for every key or a function of the key: depth(j) columns of key row j (a multiple of the
-/// packet size, nondecreasing in j) hold all its non-zero entries (a triangular B); each tile then
-/// runs over the depth of its last key.
-template <class Scalar, int Rows, class Depth>
+/// The Rows x [begin, end) strip of A B^T (see dot_tile), in tiles of 3 keys.
+template <class Scalar, int Rows>
 inline void dot_strip(const Scalar* a, Eigen::Index a_stride, const Scalar* b, Eigen::Index b_stride,
-                      Depth depth, Scalar* out, Eigen::Index out_stride, Eigen::Index begin, Eigen::Index end) {
-  auto depth_of = [&](Eigen::Index last_key) -> Eigen::Index {
-    if constexpr (std::is_integral_v<Depth>) return depth;
-    else return depth(last_key);
-  };
+                      Eigen::Index depth, Scalar* out, Eigen::Index out_stride, Eigen::Index begin, Eigen::Index end) {
   Eigen::Index j = begin;
-  for (; end - j >= 3; j += 3)
-    dot_tile<Scalar, Rows, 3>(a, a_stride, b + j * b_stride, b_stride, depth_of(j + 2), out + j, out_stride);
-  if (end - j == 2) dot_tile<Scalar, Rows, 2>(a, a_stride, b + j * b_stride, b_stride, depth_of(j + 1), out + j, out_stride);
-  else if (end - j == 1) dot_tile<Scalar, Rows, 1>(a, a_stride, b + j * b_stride, b_stride, depth_of(j), out + j, out_stride);
+  for (; end - j >= 3; j += 3) dot_tile<Scalar, Rows, 3>(a, a_stride, b + j * b_stride, b_stride, depth, out + j, out_stride);
+  if (end - j == 2) dot_tile<Scalar, Rows, 2>(a, a_stride, b + j * b_stride, b_stride, depth, out + j, out_stride);
+  else if (end - j == 1) dot_tile<Scalar, Rows, 1>(a, a_stride, b + j * b_stride, b_stride, depth, out + j, out_stride);
 }
 
 /// totals[r] = the sum of the lanes of sums[r], r < Rows. For a full packet of rows (Rows = P) one
