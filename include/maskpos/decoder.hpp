@@ -330,13 +330,19 @@ class DecoderKernel {
   /// from one packet square root and division. A row whose divisor is 0 (a zero row with
   /// norm_eps = 0) becomes the zero row, as in normalize_rows. Padding columns stay zero.
   void normalize() {
-    constexpr int P = packet_size<Scalar>();
-    Index i = 0;
-    for (; seq_len_ - i >= P; i += P) normalize_block<P>(i);
-    for (; i < seq_len_; ++i) normalize_block<1>(i);
+    if (config_.norm == Norm::LayerNorm) normalize_rows_of<true>();
+    else normalize_rows_of<false>();
   }
 
-  template <int Rows>
+  template <bool Centred>
+  void normalize_rows_of() {
+    constexpr int P = packet_size<Scalar>();
+    Index i = 0;
+    for (; seq_len_ - i >= P; i += P) normalize_block<P, Centred>(i);
+    for (; i < seq_len_; ++i) normalize_block<1, Centred>(i);
+  }
+
+  template <int Rows, bool Centred>
   void normalize_block(Index row0) {
     using namespace Eigen::internal;
     using Packet = PacketOf<Scalar>;
@@ -346,40 +352,44 @@ class DecoderKernel {
     const Scalar* x = state_.data() + row0 * cols_;
     Scalar* y = normalized_.data() + row0 * cols_;
     const Scalar inv_dim = Scalar(1) / static_cast<Scalar>(dim_);
-    alignas(EIGEN_MAX_ALIGN_BYTES) Scalar mean[Rows > P ? Rows : P] = {}, factor[Rows > P ? Rows : P];
-    const bool centred = config_.norm == Norm::LayerNorm, scaled = config_.norm != Norm::None;
-    if (centred) {  // the mean first, then the variance about it (two passes, as normalize_rows)
+    alignas(EIGEN_MAX_ALIGN_BYTES) Scalar mean[Rows > P ? Rows : P], factor[Rows > P ? Rows : P];
+    const bool scaled = config_.norm != Norm::None;
+    Packet mean_packet[Rows];
+    if constexpr (Centred) {  // the mean first, then the variance about it (two passes, as normalize_rows)
       Packet sum[Rows];
       for (int r = 0; r < Rows; ++r) sum[r] = pset1<Packet>(Scalar(0));
       for (Index c = 0; c < packets; ++c)
         for (int r = 0; r < Rows; ++r) sum[r] = padd(sum[r], pload<Packet>(x + r * cols_ + c * P));
       lane_totals<Scalar, Rows>(sum, mean);
-      for (int r = 0; r < Rows; ++r) mean[r] *= inv_dim;
+      for (int r = 0; r < Rows; ++r) mean_packet[r] = pset1<Packet>(mean[r] * inv_dim);
     }
-    Packet square[Rows], mean_packet[Rows];
-    for (int r = 0; r < Rows; ++r) {
-      square[r] = pset1<Packet>(Scalar(0));
-      mean_packet[r] = pset1<Packet>(mean[r]);
-    }
+    if (!scaled) std::fill(factor, factor + (Rows > P ? Rows : P), Scalar(0));
     if (scaled) {
+      Packet square[Rows];
+      for (int r = 0; r < Rows; ++r) square[r] = pset1<Packet>(Scalar(0));
       for (Index c = 0; c < packets; ++c)
         for (int r = 0; r < Rows; ++r) {
           Packet v = pload<Packet>(x + r * cols_ + c * P);
-          if (centred) v = pand(psub(v, mean_packet[r]), column_mask(c));
+          if constexpr (Centred) v = pand(psub(v, mean_packet[r]), column_mask(c));
           square[r] = pmadd(v, v, square[r]);
         }
       lane_totals<Scalar, Rows>(square, factor);
     }
     const Scalar eps = static_cast<Scalar>(config_.norm_eps);
-    for (int r = 0; r < Rows; ++r) {
-      Scalar divisor = 0;
-      switch (config_.norm) {
-        case Norm::L2: divisor = std::max(std::sqrt(factor[r]), eps); break;
-        case Norm::LayerNorm:
-        case Norm::RMSNorm: divisor = std::sqrt(factor[r] * inv_dim + eps); break;
-        case Norm::None: divisor = 1; break;
+    if constexpr (Rows == P && P > 1) {  // the factors of a packet of rows at once
+      const Packet totals = pload<Packet>(factor);
+      Packet divisor = pset1<Packet>(Scalar(1));
+      if (config_.norm == Norm::L2) divisor = pmax(psqrt(totals), pset1<Packet>(eps));
+      else if (scaled) divisor = psqrt(padd(pmul(totals, pset1<Packet>(inv_dim)), pset1<Packet>(eps)));
+      const Packet positive = pcmp_lt(pset1<Packet>(Scalar(0)), divisor);
+      pstore(factor, pand(positive, pdiv(pset1<Packet>(Scalar(1)), divisor)));
+    } else {
+      for (int r = 0; r < Rows; ++r) {
+        Scalar divisor = 1;
+        if (config_.norm == Norm::L2) divisor = std::max(std::sqrt(factor[r]), eps);
+        else if (scaled) divisor = std::sqrt(factor[r] * inv_dim + eps);
+        factor[r] = divisor > 0 ? Scalar(1) / divisor : Scalar(0);
       }
-      factor[r] = divisor > 0 ? Scalar(1) / divisor : Scalar(0);
     }
     Packet f[Rows];
     for (int r = 0; r < Rows; ++r) f[r] = pset1<Packet>(factor[r]);
@@ -394,7 +404,7 @@ class DecoderKernel {
 #endif
       for (int r = 0; r < Rows; ++r) {
         Packet v = pload<Packet>(x + r * cols_ + c * P);
-        if (centred) v = pand(psub(v, mean_packet[r]), column_mask(c));
+        if constexpr (Centred) v = pand(psub(v, mean_packet[r]), column_mask(c));
         block.packet[r] = pmul(v, f[r]);
         pstore(y + r * cols_ + c * P, block.packet[r]);
       }
