@@ -57,6 +57,7 @@ TEST_CASE("simulate writes .npy files equal to the library called directly, and 
   CHECK(summary["layers"][2]["non_relative_fraction"].get<double>() ==
         Approx(maskpos::non_relative_fraction(direct.mean_scores[2])));
   CHECK(summary["samples_per_second"].get<double>() > 0);
+  CHECK(summary["config"]["path"] == "triangular");  // what auto takes for gaussian inputs without RoPE
   CHECK(fs::exists(out / "figure.png"));
   CHECK(fs::exists(out / "figure.svg"));
   fs::remove_all(out);
@@ -153,6 +154,9 @@ TEST_CASE("bad input: exit code 2, one line naming the option, DIR untouched") {
       {"simulate --rope --rope-dim 3", "rotary"},
       {"simulate --method exact", "method"},
       {"simulate --precision half", "precision"},
+      {"simulate --path fast", "path"},
+      {"simulate --path gram --rope", "no RoPE"},
+      {"simulate --path triangular --inputs orthonormal", "gaussian inputs"},
       {"simulate --no-such-option", "no-such-option"},
       {"analyze " + missing.string() + "/none.npy", "none.npy"},
       {"analyze " + garbage.string(), "garbage"},
@@ -195,4 +199,29 @@ TEST_CASE("reproduce checks every run's working memory before it starts, as simu
   CHECK(fs::exists(good / "fig1" / "orthonormal" / "monte-carlo" / "summary.json"));
   fs::remove_all(out);
   fs::remove_all(good);
+}
+
+TEST_CASE("--path picks the Monte Carlo path, and summary.json records the one taken") {
+  const std::string common = "simulate --seq-len 7 --dim 8 --layers 2 --samples 200 --seed 3 --quiet --no-figure ";
+  for (const auto& [flags, path] : std::vector<std::pair<std::string, std::string>>{
+           {"", "triangular"}, {"--path direct", "direct"}, {"--path gram", "gram"}, {"--inputs orthonormal", "direct"},
+           {"--rope", "direct"}, {"--path triangular --precision double", "triangular"}}) {
+    const fs::path out = fresh_dir("path");
+    INFO(flags);
+    REQUIRE(run(common + flags + " --out " + out.string()).exit_code == 0);
+    CHECK(read_json(out / "summary.json")["config"]["path"] == path);
+    fs::remove_all(out);
+  }
+  // The direct path averages over exactly the library's tokens: the same bits as the library call.
+  const fs::path out = fresh_dir("path_direct");
+  REQUIRE(run(common + "--path direct --out " + out.string()).exit_code == 0);
+  maskpos::DecoderConfig config;
+  config.layers = 2;
+  maskpos::MonteCarloOptions options;
+  options.samples = 200;
+  options.seed = 3;
+  options.path = maskpos::MonteCarloPath::Direct;
+  const auto direct = maskpos::monte_carlo<float>(config, maskpos::InputSpec::gaussian(7, 8, 0.0), options);
+  CHECK(same_or_both_nan(maskpos::read_npy_matrices((out / "scores_layer2.npy").string()).at(0), direct.mean_scores[1]));
+  fs::remove_all(out);
 }

@@ -23,3 +23,9 @@ TEST_CASE("norm, score scale and input names round-trip") {
   CHECK(maskpos::parse_input_kind("orthonormal") == maskpos::InputKind::Orthonormal);
   CHECK_THROWS_WITH(maskpos::parse_input_kind("user"), Catch::Contains("inputs"));
 }
+
+TEST_CASE("Monte Carlo path names round-trip") {
+  for (const char* name : {"auto", "direct", "gram", "triangular"})
+    CHECK(maskpos::to_string(maskpos::parse_monte_carlo_path(name)) == name);
+  CHECK_THROWS_WITH(maskpos::parse_monte_carlo_path("Direct"), Catch::Contains("path") && Catch::Contains("triangular"));
+}

@@ -41,6 +41,10 @@ void add_simulate_options(CLI::App& command, SimulateArgs& args, bool with_out) 
   command.add_option("--threads", args.threads, "worker threads (0: all cores)")->capture_default_str();
   command.add_option("--precision", args.precision, "float | double (compute type; sums are always double)")
       ->capture_default_str();
+  command.add_option("--path", args.path,
+                     "auto | direct | gram | triangular: how each Monte Carlo sequence is propagated (auto: the "
+                     "triangular frame for gaussian inputs without RoPE; direct and gram average over the same tokens)")
+      ->capture_default_str();
   command.add_option("--max-memory", args.max_memory_mb,
                      "refuse runs whose estimated working memory exceeds this many MB (default: half the available memory)");
   command.add_flag("--quiet", args.quiet, "no progress bar and no summary line");
@@ -107,10 +111,15 @@ RunSpec make_run_spec(const SimulateArgs& args) {
   spec.options.samples = args.samples;
   spec.options.seed = args.seed;
   spec.options.threads = args.threads;
+  spec.options.path = parse_monte_carlo_path(args.path);
   spec.inputs.validate();
   // In the compute type of the run (the large-width engine always computes in double).
   if (spec.double_precision || spec.mean_field) config.validate_for<double>(spec.inputs.seq_len, spec.inputs.dim);
   else config.validate_for<float>(spec.inputs.seq_len, spec.inputs.dim);
+  if (!spec.mean_field) {  // the path Auto takes is recorded in summary.json; a path that cannot apply is refused
+    spec.options.path = spec.double_precision ? resolve_path<double>(config, spec.inputs, spec.options.path)
+                                              : resolve_path<float>(config, spec.inputs, spec.options.path);
+  }
   detail::require(args.samples >= 1, "samples", args.samples, "samples >= 1");
   detail::require(args.threads >= 0, "threads", args.threads, "threads >= 0 (0 = all cores)");
   detail::require(args.max_memory_mb >= 0, "max-memory", args.max_memory_mb, "max-memory >= 0 MB");
@@ -201,6 +210,7 @@ Json config_json(const SimulateArgs& args, const RunSpec& spec) {
     json["samples"] = spec.options.samples;
     json["seed"] = spec.options.seed;
     json["threads"] = spec.options.threads;
+    json["path"] = to_string(spec.options.path);
   }
   json["precision"] = spec.double_precision ? "double" : "float";
   return json;

@@ -42,6 +42,7 @@ struct SimulateArgs {
   std::uint64_t seed = 0;
   int threads = 0;
   std::string precision = "float";
+  std::string path = "auto";  ///< Monte Carlo path (see MonteCarloPath)
   bool quiet = false;
   bool no_figure = false;
   double max_memory_mb = 0;  ///< 0: the default limit, half of MemAvailable (see make_run_spec)

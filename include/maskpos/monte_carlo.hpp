@@ -58,6 +58,25 @@ inline std::string to_string(MonteCarloPath path) {
   return "?";
 }
 
+/// The path a Monte Carlo run of `config` over `inputs` takes when `requested` is asked for: Auto's
+/// choice (see MonteCarloPath), any other path as given once it is checked to apply.
+/// \throws std::invalid_argument for Gram or Triangular with RoPE, Triangular without Gaussian inputs
+template <class Scalar>
+MonteCarloPath resolve_path(const DecoderConfig& config, const InputSpec& inputs, MonteCarloPath requested) {
+  MonteCarloPath path = requested;
+  if (requested == MonteCarloPath::Auto) {
+    if (inputs.kind == InputKind::Gaussian && !config.rope) path = MonteCarloPath::Triangular;
+    else if (detail::TiledGramKernel<Scalar>::preferred(config, inputs.seq_len, inputs.dim)) path = MonteCarloPath::Gram;
+    else path = MonteCarloPath::Direct;
+  }
+  if (path == MonteCarloPath::Gram || path == MonteCarloPath::Triangular)
+    detail::require(!config.rope, "Monte Carlo path", to_string(path), "no RoPE (use auto or direct)");
+  if (path == MonteCarloPath::Triangular)
+    detail::require(inputs.kind == InputKind::Gaussian, "Monte Carlo path", to_string(path),
+                    "gaussian inputs (" + to_string(inputs.kind) + " given; use auto or direct)");
+  return path;
+}
+
 /// How many samples to draw, from which seed, on how many threads.
 struct MonteCarloOptions {
   std::int64_t samples = 100000;   ///< B >= 1
@@ -335,17 +354,8 @@ MonteCarloAccumulator monte_carlo_accumulate(const DecoderConfig& config, const 
   const int hardware = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   const int threads = static_cast<int>(std::min<std::int64_t>(options.threads == 0 ? hardware : options.threads,
                                                               options.samples));
-  // The triangular frame whenever the inputs allow it; else Gram-space propagation (NOTES Sec. 5)
-  // when it is faster: no RoPE and d large next to S.
-  const bool use_triangular = options.path == MonteCarloPath::Triangular ||
-                              (options.path == MonteCarloPath::Auto && inputs.kind == InputKind::Gaussian && !config.rope);
-  const bool use_gram = options.path == MonteCarloPath::Gram ||
-                        (options.path == MonteCarloPath::Auto && !use_triangular &&
-                         detail::TiledGramKernel<Scalar>::preferred(config, inputs.seq_len, inputs.dim));
-  detail::require(!(use_gram && config.rope), "Monte Carlo path", "gram", "no RoPE (use Auto or Direct)");
-  detail::require(!(use_triangular && config.rope), "Monte Carlo path", "triangular", "no RoPE (use Auto or Direct)");
-  detail::require(!use_triangular || inputs.kind == InputKind::Gaussian, "Monte Carlo path", "triangular",
-                  "gaussian inputs (" + to_string(inputs.kind) + " given; use Auto or Direct)");
+  const MonteCarloPath path = resolve_path<Scalar>(config, inputs, options.path);
+  const bool use_triangular = path == MonteCarloPath::Triangular, use_gram = path == MonteCarloPath::Gram;
   // LayerNorm sees only the part of each token orthogonal to 1: in the frame of that part it is
   // RMSNorm with the mean square still taken over d (the centred row's variance).
   DecoderConfig frame_config = config;

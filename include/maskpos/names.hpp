@@ -1,6 +1,6 @@
 /// @file names.hpp
-/// @brief The text spellings of masks, norms, score scales and input kinds (the command line's and
-/// summary.json's), with parsers that round-trip the to_string/name() functions.
+/// @brief The text spellings of masks, norms, score scales, input kinds and Monte Carlo paths (the
+/// command line's and summary.json's), with parsers that round-trip the to_string/name() functions.
 #pragma once
 
 #include <cmath>
@@ -11,6 +11,7 @@
 #include "detail/errors.hpp"
 #include "inputs.hpp"
 #include "mask.hpp"
+#include "monte_carlo.hpp"
 #include "normalization.hpp"
 
 namespace maskpos {
@@ -69,6 +70,13 @@ inline InputKind parse_input_kind(const std::string& text) {
   if (text == "gaussian") return InputKind::Gaussian;
   if (text == "orthonormal") return InputKind::Orthonormal;
   detail::throw_invalid("inputs", text, "gaussian or orthonormal");
+}
+
+/// "auto", "direct", "gram" or "triangular". \throws std::invalid_argument
+inline MonteCarloPath parse_monte_carlo_path(const std::string& text) {
+  for (MonteCarloPath path : {MonteCarloPath::Auto, MonteCarloPath::Direct, MonteCarloPath::Gram, MonteCarloPath::Triangular})
+    if (to_string(path) == text) return path;
+  detail::throw_invalid("path", text, "one of auto, direct, gram, triangular");
 }
 
 }  // namespace maskpos
