@@ -82,11 +82,16 @@ int main(int argc, char** argv) {
   const double S = static_cast<double>(inputs.seq_len), d = static_cast<double>(inputs.dim);
   const double flops = 2.0 * S * S * d * static_cast<double>(config.layers) * static_cast<double>(options.samples);
   const auto last = static_cast<std::size_t>(config.layers - 1);
+  const maskpos::MonteCarloPath path = scalar == "float" ? maskpos::resolve_path<float>(config, inputs, options.path)
+                                                          : maskpos::resolve_path<double>(config, inputs, options.path);
   std::printf("samples=%lld S=%ld d=%ld L=%ld norm=%s rope=%s threads=%d scalar=%s\n",
               static_cast<long long>(options.samples), static_cast<long>(inputs.seq_len), static_cast<long>(inputs.dim),
               static_cast<long>(config.layers), maskpos::to_string(config.norm).c_str(), config.rope ? "yes" : "no",
               options.threads, scalar.c_str());
-  std::printf("wall_s=%.4f samples_per_s=%.0f us_per_sample_per_thread=%.2f useful_gflops=%.2f\n", seconds,
+  // useful_gflops: the useful work, 2 S^2 d per layer and sequence, per second, whatever the
+  // path computes (the triangular frame and Gram space do fewer multiply-adds for the same result).
+  std::printf("path=%s wall_s=%.4f samples_per_s=%.0f us_per_sample_per_thread=%.2f useful_gflops=%.2f\n",
+              maskpos::to_string(path).c_str(), seconds,
               static_cast<double>(options.samples) / seconds,
               seconds * 1e6 / static_cast<double>(options.samples) *
                   (options.threads == 0 ? static_cast<double>(std::thread::hardware_concurrency()) : options.threads),

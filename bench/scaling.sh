@@ -15,16 +15,20 @@ best() {  # best wall time of 3 runs; prints the mc_paper line of that run
 }
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "sgemm_rate 1 thread: $("$bin/sgemm_rate" --threads 1) GFLOP/s, 2 threads: $("$bin/sgemm_rate" --threads 2) GFLOP/s"
-best --samples 40000 --seq-len 50 --threads 1
-best --samples 40000 --seq-len 50 --threads 2
-best --samples 8000 --seq-len 128 --threads 1
-best --samples 2000 --seq-len 256 --threads 1
-best --samples 500 --seq-len 512 --threads 1
-best --samples 120 --seq-len 1024 --threads 1
-best --samples 40000 --dim 128 --threads 1
-best --samples 40000 --dim 128 --threads 1 --path direct
-best --samples 10000 --dim 512 --threads 1
-best --samples 10000 --dim 512 --threads 1 --path direct
-best --samples 40000 --seq-len 50 --threads 1 --path direct
+# S: the default path (the triangular frame for these Gaussian inputs) and the direct path
+for path in auto direct; do
+  best --samples 40000 --seq-len 50 --threads 1 --path $path
+  best --samples 8000 --seq-len 128 --threads 1 --path $path
+  best --samples 2000 --seq-len 256 --threads 1 --path $path
+  best --samples 500 --seq-len 512 --threads 1 --path $path
+  best --samples 120 --seq-len 1024 --threads 1 --path $path
+done
+# threads
+best --samples 40000 --seq-len 50 --threads 2 --path auto
+# d: every path
+for path in auto direct gram; do
+  best --samples 40000 --dim 128 --threads 1 --path $path
+  best --samples 10000 --dim 512 --threads 1 --path $path
+done
 best --samples 40000 --seq-len 50 --threads 1 --path gram
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -201,7 +201,7 @@ TEST_CASE("reproduce checks every run's working memory before it starts, as simu
   fs::remove_all(good);
 }
 
-TEST_CASE("--path picks the Monte Carlo path, and summary.json records the one taken") {
+TEST_CASE("simulate --path picks the Monte Carlo path, and summary.json records the one taken") {
   const std::string common = "simulate --seq-len 7 --dim 8 --layers 2 --samples 200 --seed 3 --quiet --no-figure ";
   for (const auto& [flags, path] : std::vector<std::pair<std::string, std::string>>{
            {"", "triangular"}, {"--path direct", "direct"}, {"--path gram", "gram"}, {"--inputs orthonormal", "direct"},
