@@ -148,8 +148,8 @@ namespace detail {
 /// SIMD packet, columns to a multiple of the packet), padding kept at zero:
 /// - scores: for each block of kRows queries, only the keys visible to some query of the block are
 ///   computed (for the causal mask: the lower triangle plus the small triangles above the diagonal
-///   inside each block), as register tiles of Y Y^T from Y and its transpose, which the
-///   normalisation writes as well (with RoPE: dot products of the rotated rows);
+///   inside each block), as register tiles of Q K^T from Q's rows and a transposed copy of K
+///   (Q = K = Y, or RoPE(Y));
 /// - the softmax runs over each row's contiguous visible range (contiguous memory, vectorised exp);
 /// - the update A Y runs over each row block's visible key range only, fused with the residual add.
 /// Only visible entries of scores() are meaningful; probs() is 0 on masked entries.
@@ -221,7 +221,7 @@ class DecoderKernel {
       while (j < seq_len && support_[static_cast<std::size_t>(j)] <= c * P) ++j;
       packet_first_key_[static_cast<std::size_t>(c)] = j;
     }
-    if (!rope_) transposed_.setZero(cols_, rows_);
+    transposed_.setZero(cols_, rows_);
   }
 
   const DecoderConfig& config() const { return config_; }
@@ -266,14 +266,11 @@ class DecoderKernel {
       rotate();
       query = &rotated_;
     }
+    transpose_keys(*query);
     constexpr Index P = packet_size<Scalar>();
     for (Index first = 0; first < seq_len_; first += kRows) {
       const auto [begin, end] = block_keys(first);
       Scalar* scores = score_rows_.data() + first * rows_;
-      if (rope_) {
-        dot_strip<Scalar, kRows>(query->data() + first * cols_, cols_, query->data(), cols_, cols_, scores, rows_, begin, end);
-        continue;
-      }
       // Y Y^T over the key packets that hold [begin, end); the tile of packets c.. runs over the
       // columns its last key can fill.
       const auto key_columns = [this](Index c, int packets, Index depth) {
@@ -281,7 +278,7 @@ class DecoderKernel {
         return std::pair<Index, Index>{0, std::min(depth, support_[static_cast<std::size_t>(last_key)])};
       };
       const Index last_query = std::min(first + kRows, seq_len_) - 1;
-      strip_product<Scalar, kRows, false>(normalized_.data() + first * cols_, cols_, transposed_.data(), rows_,
+      strip_product<Scalar, kRows, false>(query->data() + first * cols_, cols_, transposed_.data(), rows_,
                                           support_[static_cast<std::size_t>(last_query)], scores, rows_, begin / P,
                                           (end + P - 1) / P, key_columns);
     }
@@ -393,31 +390,41 @@ class DecoderKernel {
     }
     Packet f[Rows];
     for (int r = 0; r < Rows; ++r) f[r] = pset1<Packet>(factor[r]);
-    for (Index c = 0; c < packets; ++c) {
-#if defined(__GNUC__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wignored-attributes"  // the vector type's alignment attribute, as in Eigen
-#endif
-      PacketBlock<Packet, Rows> block;
-#if defined(__GNUC__)
-#pragma GCC diagnostic pop
-#endif
+    for (Index c = 0; c < packets; ++c)
       for (int r = 0; r < Rows; ++r) {
         Packet v = pload<Packet>(x + r * cols_ + c * P);
         if constexpr (Centred) v = pand(psub(v, mean_packet[r]), column_mask(c));
-        block.packet[r] = pmul(v, f[r]);
-        pstore(y + r * cols_ + c * P, block.packet[r]);
+        pstore(y + r * cols_ + c * P, pmul(v, f[r]));
       }
-      if (rope_) continue;
-      // Y^T for the scores: a full packet of rows is one register transpose.
-      if constexpr (Rows == P && P > 1) {
-        ptranspose(block);
-        for (int k = 0; k < P; ++k) pstoreu(transposed_.data() + (c * P + k) * rows_ + row0, block.packet[k]);
-      } else {
-        for (int r = 0; r < Rows; ++r)
-          for (Index k = 0; k < P; ++k) transposed_(c * P + k, row0 + r) = y[r * cols_ + c * P + k];
+  }
+
+  /// transposed_ = keys^T for rows < S (the keys: normalized_ or, with RoPE, rotated_): a packet's
+  /// width of rows at a time, one register transpose per column packet within their support.
+  void transpose_keys(const RowMatrix& keys) {
+    using namespace Eigen::internal;
+    using Packet = PacketOf<Scalar>;
+    constexpr int P = packet_size<Scalar>();
+    Index row0 = 0;
+    if constexpr (P > 1) {
+      for (; seq_len_ - row0 >= P; row0 += P) {
+        const Index packets = round_up(support_[static_cast<std::size_t>(row0 + P - 1)], P) / P;
+        for (Index c = 0; c < packets; ++c) {
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wignored-attributes"  // the vector type's alignment attribute, as in Eigen
+#endif
+          PacketBlock<Packet, P> block;
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+          for (int r = 0; r < P; ++r) block.packet[r] = pload<Packet>(keys.data() + (row0 + r) * cols_ + c * P);
+          ptranspose(block);
+          for (int k = 0; k < P; ++k) pstoreu(transposed_.data() + (c * P + k) * rows_ + row0, block.packet[k]);
+        }
       }
     }
+    for (; row0 < seq_len_; ++row0)
+      for (Index k = 0; k < support_[static_cast<std::size_t>(row0)]; ++k) transposed_(k, row0) = keys(row0, k);
   }
 
   /// All-ones lanes for the columns < d of packet c, zero lanes for the padding.
@@ -495,7 +502,7 @@ class DecoderKernel {
   std::vector<Index> rope_partner_;    ///< the coordinate each coordinate is paired with
   Index packet_half_ = 0;              ///< half the rotary dimension when the packet path applies, else 0
   RowMatrix state_, normalized_, rotated_, score_rows_, prob_rows_;
-  RowMatrix transposed_;  ///< normalized_^T (cols_ x rows_), without RoPE
+  RowMatrix transposed_;  ///< the keys transposed (cols_ x rows_): normalized_^T, or rotated_^T with RoPE
   PacketOf<Scalar> last_columns_;  ///< lanes of the last column packet that hold columns < d
   std::vector<Index> key_begin_, key_end_;
   std::vector<Index> support_;           ///< columns of row j that can be non-zero (width_ for dense rows)
