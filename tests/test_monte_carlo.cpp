@@ -308,6 +308,12 @@ TEST_CASE("Auto takes the triangular frame for Gaussian inputs without RoPE, and
   const auto triangular = options_with(10, 1, 0, maskpos::MonteCarloPath::Triangular);
   CHECK_THROWS_WITH(maskpos::monte_carlo<float>(config, InputSpec::orthonormal(9, 16), triangular),
                     Catch::Contains("Monte Carlo path") && Catch::Contains("gaussian inputs"));
+  // d = 1 under LayerNorm: nothing is left orthogonal to 1, every token normalises to 0 and every score is 0.
+  config.norm = maskpos::Norm::LayerNorm;
+  const auto flat = maskpos::monte_carlo<float>(config, InputSpec::gaussian(5, 1, 0.3), options_with(50, 2, 0, maskpos::MonteCarloPath::Triangular));
+  for (int i = 0; i < 5; ++i)
+    for (int j = 0; j <= i; ++j) CHECK(flat.mean_scores[1](i, j) == 0.0);
+  config.norm = maskpos::Norm::L2;
   config.rope = maskpos::RopeConfig{};
   CHECK_THROWS_WITH(maskpos::monte_carlo<float>(config, inputs, triangular),
                     Catch::Contains("Monte Carlo path") && Catch::Contains("no RoPE"));

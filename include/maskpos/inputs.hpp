@@ -193,6 +193,10 @@ class InputGenerator {
     const Index S = spec_.seq_len, w = frame.width, lead = frame.lead;
     const Index drawn = spec_.alpha >= 1 ? 1 : S + lead, dof = spec_.dim - (drop_mean ? 1 : 0);
     const Index diagonal = std::min(drawn, w);
+    if (dof == 0) {  // d = 1 with drop_mean: nothing is orthogonal to 1
+      rows.setZero();
+      return;
+    }
     stream_.start_sample(sample);
     Index below = 0;
     for (Index r = 0; r < drawn; ++r) below += std::min(r, w);

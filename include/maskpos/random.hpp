@@ -285,14 +285,14 @@ inline double draw_chi(SampleStream& stream, Index dof) {
 /// chi[r] ~ chi(dof - r) for r < count, independent (the diagonal of a Bartlett factor): the method
 /// of draw_chi, with the first candidates of all count variates read together (count normals in one
 /// read, then a uniform for each r with dof - r >= 2; for dof - r = 1 the normal's |x|), then each rejected variate redrawn in
-/// order of r as draw_chi draws. \pre 0 <= count <= dof; \pre `normals` holds count floats
+/// order of r as draw_chi draws (chi(0) = 0). \pre count >= 0; \pre `normals` holds count floats
 inline void draw_chi_diagonal(SampleStream& stream, Index dof, Index count, float* normals, double* chi) {
   stream.fill_normal(normals, count);
   for (Index r = 0; r < count; ++r) {
     const Index k = dof - r;
     const double x = normals[r];
-    if (k == 1) {
-      chi[r] = std::fabs(x);
+    if (k <= 1) {
+      chi[r] = k == 1 ? std::fabs(x) : 0.0;
       continue;
     }
     if (!detail::chi_candidate(0.5 * static_cast<double>(k) - 1.0 / 3.0, x, stream.next_uniform(), chi[r])) chi[r] = -1;
