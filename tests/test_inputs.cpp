@@ -259,6 +259,17 @@ TEST_CASE("triangular frame: its shape, unit rows and zeros beyond each row's su
   CHECK(same(frame_of(InputSpec::gaussian(12, 8, 1.0), false), Frame{1, 1}));
   CHECK(same(frame_of(InputSpec::gaussian(5, 1, 0.0), true), Frame{1, 0}));
   CHECK_THROWS_AS(frame_of(InputSpec::orthonormal(4, 8), false), std::invalid_argument);
+  {
+    maskpos::InputGenerator generator(InputSpec::gaussian(12, 8, 0.3), 3);
+    Eigen::MatrixXd wrong(12, 9);  // the frame is 8 wide
+    CHECK_THROWS_WITH(generator.generate_triangular_into<double>(0, wrong, false),
+                      Catch::Contains("frame rows shape") && Catch::Contains("12 x 8"));
+    Eigen::MatrixXd column_major(12, 8);
+    generator.generate_triangular_into<double>(4, column_major, false);  // not row-major: through a buffer
+    Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> row_major(12, 8);
+    generator.generate_triangular_into<double>(4, row_major, false);
+    CHECK((column_major.array() == Eigen::MatrixXd(row_major).array()).all());
+  }
   for (const double alpha : {0.0, 0.3, 1.0})
     for (const bool drop_mean : {false, true}) {
       const auto spec = InputSpec::gaussian(12, 8, alpha);

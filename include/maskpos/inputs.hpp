@@ -185,7 +185,7 @@ class InputGenerator {
   /// generate(): the mean coordinates (drop_mean only), the entries below the diagonal row by row,
   /// then the diagonal (draw_chi_diagonal, which also reads the uniform sequence). Row 0 of R is c,
   /// chi(d') e_0, so all a token needs is its own row of R, the first diagonal entry and m.
-  /// \pre rows is S x triangular_frame(drop_mean).width
+  /// \pre `out` is S x triangular_frame(drop_mean).width (std::invalid_argument otherwise)
   template <class Scalar, class Derived>
   void generate_triangular_into(std::uint64_t sample, Eigen::MatrixBase<Derived> const& out_, bool drop_mean) {
     auto& rows = const_cast<Eigen::MatrixBase<Derived>&>(out_);
@@ -193,6 +193,9 @@ class InputGenerator {
     const Index S = spec_.seq_len, w = frame.width, lead = frame.lead;
     const Index drawn = spec_.alpha >= 1 ? 1 : S + lead, dof = spec_.dim - (drop_mean ? 1 : 0);
     const Index diagonal = std::min(drawn, w);
+    detail::require(rows.rows() == S && rows.cols() == w, "frame rows shape",
+                    std::to_string(rows.rows()) + " x " + std::to_string(rows.cols()),
+                    "S x width = " + std::to_string(S) + " x " + std::to_string(w));
     if (dof == 0) {  // d = 1 with drop_mean: nothing is orthogonal to 1
       rows.setZero();
       return;
@@ -215,11 +218,11 @@ class InputGenerator {
     }
     const Scalar lambda = static_cast<Scalar>(std::sqrt(spec_.alpha / (1.0 - spec_.alpha)));
     // Row by row through a pointer (the kernel's state is row-major): a plain loop per row.
-    constexpr bool direct = (int(Derived::Flags) & Eigen::RowMajorBit) && (int(Derived::Flags) & Eigen::DirectAccessBit);
+    constexpr bool row_pointer = (int(Derived::Flags) & Eigen::RowMajorBit) && (int(Derived::Flags) & Eigen::DirectAccessBit);
     auto& buffer = rows_<Scalar>();
-    if constexpr (!direct) buffer.resize(S, w);
-    Scalar* out = direct ? &rows.coeffRef(0, 0) : buffer.data();
-    const Index stride = direct ? rows.derived().outerStride() : w;
+    if constexpr (!row_pointer) buffer.resize(S, w);
+    Scalar* out = row_pointer ? &rows.coeffRef(0, 0) : buffer.data();
+    const Index stride = row_pointer ? rows.derived().outerStride() : w;
     const float* next = normals_.data() + means;
     for (Index i = 0; i < S; ++i) {
       const Index r = i + lead, support = frame.support(i), below_r = std::min(r, w);
@@ -233,7 +236,7 @@ class InputGenerator {
       Eigen::Map<Eigen::Array<Scalar, 1, Eigen::Dynamic>> head(row, support);
       head *= Scalar(1) / std::sqrt(head.square().sum() + mean_i * mean_i);
     }
-    if constexpr (!direct) rows = buffer;
+    if constexpr (!row_pointer) rows = buffer;
   }
 
  private:
