@@ -205,7 +205,7 @@ class InputGenerator {
     for (Index r = 0; r < drawn; ++r) below += std::min(r, w);
     const Index means = drop_mean ? drawn : 0;
     normals_.resize(means + below + diagonal);
-    chi_.resize(diagonal);
+    chi_.resize(static_cast<std::size_t>(diagonal));
     stream_.fill_normal(normals_.data(), means + below);
     draw_chi_diagonal(stream_, dof, diagonal, normals_.data() + means + below, chi_.data());
     auto mean = [&](Index r) { return drop_mean ? static_cast<Scalar>(normals_[r]) : Scalar(0); };
