@@ -360,7 +360,6 @@ class DecoderKernel {
       lane_totals<Scalar, Rows>(sum, mean);
       for (int r = 0; r < Rows; ++r) mean_packet[r] = pset1<Packet>(mean[r] * inv_dim);
     }
-    if (!scaled) std::fill(factor, factor + (Rows > P ? Rows : P), Scalar(0));
     if (scaled) {
       Packet square[Rows];
       for (int r = 0; r < Rows; ++r) square[r] = pset1<Packet>(Scalar(0));
@@ -371,6 +370,8 @@ class DecoderKernel {
           square[r] = pmadd(v, v, square[r]);
         }
       lane_totals<Scalar, Rows>(square, factor);
+    } else {
+      std::fill(factor, factor + (Rows > P ? Rows : P), Scalar(0));
     }
     const Scalar eps = static_cast<Scalar>(config_.norm_eps);
     if constexpr (Rows == P && P > 1) {  // the factors of a packet of rows at once

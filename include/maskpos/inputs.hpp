@@ -160,10 +160,7 @@ class InputGenerator {
   TriangularFrame triangular_frame(bool drop_mean) const {
     detail::require(spec_.kind == InputKind::Gaussian, "input kind", to_string(spec_.kind),
                     "gaussian for the triangular frame");
-    const Index lead = spec_.alpha > 0 ? 1 : 0;
-    const Index drawn = spec_.alpha >= 1 ? 1 : spec_.seq_len + lead;
-    const Index dof = spec_.dim - (drop_mean ? 1 : 0);
-    return {std::max<Index>(1, std::min(drawn, dof)), lead};
+    return {std::max<Index>(1, std::min(drawn_vectors(), frame_dimensions(drop_mean))), spec_.alpha > 0 ? 1 : 0};
   }
 
   /// Writes sample `sample`'s tokens in the sequence's own triangular frame: S rows of
@@ -191,7 +188,7 @@ class InputGenerator {
     auto& rows = const_cast<Eigen::MatrixBase<Derived>&>(out_);
     const TriangularFrame frame = triangular_frame(drop_mean);
     const Index S = spec_.seq_len, w = frame.width, lead = frame.lead;
-    const Index drawn = spec_.alpha >= 1 ? 1 : S + lead, dof = spec_.dim - (drop_mean ? 1 : 0);
+    const Index drawn = drawn_vectors(), dof = frame_dimensions(drop_mean);
     const Index diagonal = std::min(drawn, w);
     detail::require(rows.rows() == S && rows.cols() == w, "frame rows shape",
                     std::to_string(rows.rows()) + " x " + std::to_string(rows.cols()),
@@ -240,6 +237,11 @@ class InputGenerator {
   }
 
  private:
+  /// The vectors the triangular frame is drawn from: c (when 0 < alpha) and z_0 .. z_{S-1}; c only at alpha = 1.
+  Index drawn_vectors() const { return spec_.alpha >= 1 ? 1 : spec_.seq_len + (spec_.alpha > 0 ? 1 : 0); }
+  /// The dimensions they are drawn in: d, or the d - 1 orthogonal to 1 with drop_mean.
+  Index frame_dimensions(bool drop_mean) const { return spec_.dim - (drop_mean ? 1 : 0); }
+
   template <class Scalar>
   Eigen::Array<Scalar, 1, Eigen::Dynamic>& shared_scaled_() {
     if constexpr (std::is_same_v<Scalar, float>) return shared_scaled_f_;
