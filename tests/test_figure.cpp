@@ -16,6 +16,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <limits>
 #include <string>
 #include <vector>
@@ -355,6 +356,75 @@ TEST_CASE("save_figure: SVG and PDF from the same drawing code") {
   const auto width_at = header.find("width=\"");
   REQUIRE(width_at != std::string::npos);
   CHECK(std::stod(header.substr(width_at + 7)) == Approx(layout.width).epsilon(1e-5));
+}
+
+// Standard base64 (RFC 4648, with padding), written here for the test.
+std::string base64(const std::vector<std::uint8_t>& bytes) {
+  static const char* alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::string text;
+  for (std::size_t k = 0; k < bytes.size(); k += 3) {
+    const std::size_t n = std::min<std::size_t>(3, bytes.size() - k);
+    std::uint32_t group = 0;
+    for (std::size_t b = 0; b < 3; ++b) group = (group << 8) | (b < n ? bytes[k + b] : 0u);
+    for (std::size_t c = 0; c < 4; ++c) text += c <= n ? alphabet[(group >> (18 - 6 * c)) & 63u] : '=';
+  }
+  return text;
+}
+
+TEST_CASE("SVG cells: the PNG maskpos encodes decodes to the drawn pixels, and is what the SVG embeds") {
+  // The cells of a vector figure are drawn as an image with a PNG attached (detail::attach_png), which
+  // cairo's SVG backend embeds as is. Decoding it with cairo's own PNG reader (libpng) must give back
+  // every pixel exactly: opaque colours, and 0 for the transparent (masked) cells.
+  const Matrix<double> values = table_ramp(10, true);
+  const int block = 3;
+  maskpos::detail::SurfacePtr cells = maskpos::detail::cell_image(values, maskpos::Colormap::Rocket, 0.0, 1.0, block);
+  maskpos::detail::attach_png(cells.get());
+  const unsigned char* data = nullptr;
+  unsigned long length = 0;
+  cairo_surface_get_mime_data(cells.get(), CAIRO_MIME_TYPE_PNG, &data, &length);
+  REQUIRE(data != nullptr);
+  const std::vector<std::uint8_t> png(data, data + length);
+  struct Reader {
+    const std::vector<std::uint8_t>* bytes;
+    std::size_t at = 0;
+  } reader{&png};
+  maskpos::detail::SurfacePtr decoded(cairo_image_surface_create_from_png_stream(
+      [](void* closure, unsigned char* out, unsigned int count) {
+        auto& r = *static_cast<Reader*>(closure);
+        if (r.at + count > r.bytes->size()) return CAIRO_STATUS_READ_ERROR;
+        std::memcpy(out, r.bytes->data() + r.at, count);
+        r.at += count;
+        return CAIRO_STATUS_SUCCESS;
+      },
+      &reader));
+  REQUIRE(cairo_surface_status(decoded.get()) == CAIRO_STATUS_SUCCESS);
+  REQUIRE(cairo_image_surface_get_width(decoded.get()) == 10 * block);
+  REQUIRE(cairo_image_surface_get_height(decoded.get()) == 10 * block);
+  int transparent = 0;
+  for (int y = 0; y < 10 * block; ++y)
+    for (int x = 0; x < 10 * block; ++x) {
+      std::uint32_t drawn = 0, read = 0;
+      std::memcpy(&drawn, cairo_image_surface_get_data(cells.get()) + y * cairo_image_surface_get_stride(cells.get()) + 4 * x, 4);
+      std::memcpy(&read, cairo_image_surface_get_data(decoded.get()) + y * cairo_image_surface_get_stride(decoded.get()) + 4 * x, 4);
+      INFO("pixel (" << x << ", " << y << ")");
+      REQUIRE(read == drawn);
+      transparent += drawn == 0u;
+    }
+  CHECK(transparent == 45 * block * block);  // the 45 masked cells above the diagonal
+
+  // The SVG of a one-panel figure of the same values embeds exactly those bytes (the vector block
+  // size differs from 3, so encode the figure's own cell image the same way).
+  const fs::path directory = output_directory("svg_cells");
+  maskpos::save_figure(one_panel_grid(values), (directory / "figure.svg").string());
+  const maskpos::FigureLayout layout = maskpos::figure_layout(one_panel_grid(values));
+  const int figure_block = (512 + 10 - 1) / 10;
+  maskpos::detail::SurfacePtr figure_cells = maskpos::detail::cell_image(
+      values, maskpos::Colormap::Rocket, layout.panels[0][0].vmin, layout.panels[0][0].vmax, figure_block);
+  maskpos::detail::attach_png(figure_cells.get());
+  cairo_surface_get_mime_data(figure_cells.get(), CAIRO_MIME_TYPE_PNG, &data, &length);
+  std::ifstream svg(directory / "figure.svg");
+  const std::string text((std::istreambuf_iterator<char>(svg)), std::istreambuf_iterator<char>());
+  CHECK(text.find(base64(std::vector<std::uint8_t>(data, data + length))) != std::string::npos);
 }
 
 TEST_CASE("save_figure: invalid input throws std::invalid_argument naming the parameter, writes nothing") {

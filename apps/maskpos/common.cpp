@@ -137,14 +137,16 @@ std::vector<std::string> draw_layer_figure(const std::filesystem::path& dir, con
     }
     options.normalized_rule = LimitRule::Percentile;
   }
-  FigureGrid grid = layer_grid(title, raw, normalized, options);
-  std::vector<std::string> written;
-  for (const char* extension : {".png", ".svg"}) {
-    const std::string name = stem + extension;
-    save_figure(grid, (dir / name).string());
-    written.push_back(name);
-  }
-  return written;
+  return save_png_and_svg(layer_grid(title, raw, normalized, options), dir, stem);
+}
+
+std::vector<std::string> save_png_and_svg(const FigureGrid& grid, const std::filesystem::path& dir, const std::string& stem,
+                                          const FigureOptions& options) {
+  // One after the other: cairo numbers its surfaces process-wide, and the SVG's image ids come from
+  // those numbers, so drawing the PNG concurrently would make the SVG's bytes vary from run to run.
+  const std::vector<std::string> names{stem + ".png", stem + ".svg"};
+  for (const std::string& name : names) save_figure(grid, (dir / name).string(), options);
+  return names;
 }
 
 }  // namespace maskpos::cli

@@ -73,6 +73,10 @@ Json metrics_json(const Matrix<double>& scores);
 /// Reads a 2-D [S, S] or 3-D [n, S, S] .npy file of scores; any problem becomes a UsageError naming the file.
 std::vector<Matrix<double>> read_score_file(const std::string& path);
 
+/// Draws `grid` to dir/<stem>.png and dir/<stem>.svg. Returns the file names.
+std::vector<std::string> save_png_and_svg(const FigureGrid& grid, const std::filesystem::path& dir, const std::string& stem,
+                                          const FigureOptions& options = {});
+
 /// Draws raw and normalized rows, one column per layer, to <stem>.png and <stem>.svg (when the
 /// figure module is available). Returns the files written.
 std::vector<std::string> draw_layer_figure(const std::filesystem::path& dir, const std::string& stem, const std::string& title,

@@ -310,12 +310,7 @@ std::vector<std::string> draw_llama_layers(const fs::path& dir, const std::strin
       }
     }
   }
-  std::vector<std::string> written;
-  for (const char* extension : {".png", ".svg"}) {
-    save_figure(grid, (dir / (stem + extension)).string());
-    written.push_back(stem + extension);
-  }
-  return written;
+  return save_png_and_svg(grid, dir, stem);
 }
 
 std::vector<std::string> draw_llama_trace(const fs::path& dir, const std::string& stem, const std::string& title,
@@ -338,12 +333,7 @@ std::vector<std::string> draw_llama_trace(const fs::path& dir, const std::string
   }
   FigureOptions options;
   options.panel_size = 200;  // room for the panels' formula titles
-  std::vector<std::string> written;
-  for (const char* extension : {".png", ".svg"}) {
-    save_figure(grid, (dir / (stem + extension)).string(), options);
-    written.push_back(stem + extension);
-  }
-  return written;
+  return save_png_and_svg(grid, dir, stem, options);
 }
 
 }  // namespace maskpos::cli

@@ -239,7 +239,7 @@ int reproduce_command(const ReproduceArgs& args) {
       grid.rows.push_back(std::move(normalized_rows[r]));
       grid.row_labels.push_back(r % 2 == 0 ? "normalized MC" : "normalized theory");
     }
-    for (const char* extension : {".png", ".svg"}) save_figure(grid, stage.file(figure.name + extension).string());
+    save_png_and_svg(grid, stage.path(), figure.name);
     html += fmt::format("<p><a href=\"{0}.svg\"><img src=\"{0}.png\" alt=\"{0}\"></a></p>\n", figure.name);
     index.push_back(figure_json);
   }
