@@ -15,10 +15,41 @@
 #include <vector>
 
 #include "detail/errors.hpp"
+#include "detail/tile_kernels.hpp"
 #include "random.hpp"
 #include "types.hpp"
 
 namespace maskpos {
+
+namespace detail {
+
+/// The sum of x[k]^2 for k < n, floats read as Scalar. For float, in packets: the last packet reads up
+/// to P - 1 floats past x + n (the caller's buffer must hold them; they are masked out).
+template <class Scalar>
+Scalar squared_norm(const float* x, Index n) {
+  if constexpr (std::is_same_v<Scalar, float> && packet_size<float>() > 1) {
+    using namespace Eigen::internal;
+    using Packet = PacketOf<float>;
+    constexpr Index P = packet_size<float>();
+    Packet sum = pset1<Packet>(0.0f);
+    Index k = 0;
+    for (; n - k >= P; k += P) {
+      const Packet v = ploadu<Packet>(x + k);
+      sum = pmadd(v, v, sum);
+    }
+    if (k < n) {
+      const Packet v = pand(ploadu<Packet>(x + k), pcmp_lt(plset<Packet>(0.0f), pset1<Packet>(static_cast<float>(n - k))));
+      sum = pmadd(v, v, sum);
+    }
+    return predux(sum);
+  } else {
+    Scalar sum = 0;
+    for (Index k = 0; k < n; ++k) sum += static_cast<Scalar>(x[k]) * static_cast<Scalar>(x[k]);
+    return sum;
+  }
+}
+
+}  // namespace detail
 
 /// Where the tokens of each sequence come from.
 enum class InputKind {
@@ -201,7 +232,8 @@ class InputGenerator {
     Index below = 0;
     for (Index r = 0; r < drawn; ++r) below += std::min(r, w);
     const Index means = drop_mean ? drawn : 0;
-    normals_.resize(means + below + diagonal);
+    // P floats of slack at the end: the rows' sums of squares read whole packets (squared_norm).
+    normals_.resize(means + below + diagonal + detail::packet_size<float>());
     chi_.resize(static_cast<std::size_t>(diagonal));
     stream_.fill_normal(normals_.data(), means + below);
     draw_chi_diagonal(stream_, dof, diagonal, normals_.data() + means + below, chi_.data());
@@ -222,16 +254,21 @@ class InputGenerator {
     const Index stride = row_pointer ? rows.derived().outerStride() : w;
     const float* next = normals_.data() + means;
     for (Index i = 0; i < S; ++i) {
+      // Row i: next[0 .. below_r) below the diagonal (column 0 plus lambda c's entry when there is a
+      // lead), the diagonal entry, zeros; scaled to unit length together with the mean coordinate.
       const Index r = i + lead, support = frame.support(i), below_r = std::min(r, w);
-      Scalar* row = out + i * stride;
-      for (Index k = 0; k < below_r; ++k) row[k] = static_cast<Scalar>(next[k]);
-      next += below_r;
-      if (r < w) row[r] = static_cast<Scalar>(chi_[static_cast<std::size_t>(r)]);
-      std::fill(row + support, row + w, Scalar(0));
-      if (lead > 0) row[0] += lambda * shared;
+      const Scalar first = lead > 0 ? static_cast<Scalar>(next[0]) + lambda * shared : Scalar(0);
+      const Scalar diagonal_entry = r < w ? static_cast<Scalar>(chi_[static_cast<std::size_t>(r)]) : Scalar(0);
       const Scalar mean_i = mean(r) + lambda * shared_mean;
-      Eigen::Map<Eigen::Array<Scalar, 1, Eigen::Dynamic>> head(row, support);
-      head *= Scalar(1) / std::sqrt(head.square().sum() + mean_i * mean_i);
+      const Scalar squares = detail::squared_norm<Scalar>(next + lead, below_r - lead) + first * first +
+                             diagonal_entry * diagonal_entry + mean_i * mean_i;
+      const Scalar factor = Scalar(1) / std::sqrt(squares);
+      Scalar* row = out + i * stride;
+      for (Index k = 0; k < below_r; ++k) row[k] = static_cast<Scalar>(next[k]) * factor;
+      next += below_r;
+      if (lead > 0) row[0] = first * factor;
+      if (r < w) row[r] = diagonal_entry * factor;
+      std::fill(row + support, row + w, Scalar(0));
     }
     if constexpr (!row_pointer) rows = buffer;
   }
