@@ -231,6 +231,7 @@ EIGEN_ALWAYS_INLINE void masked_softmax_block(Scalar* score_rows, Scalar* prob_r
   Scalar* const scores = score_rows + row0 * stride;
   Scalar* const probs = prob_rows + row0 * stride;
   const bool fixed = std::isfinite(fixed_shift);
+  const bool rescale = scale_factor != Scalar(1);  // scale 1 (the default): the scores stay as they are
   if (fixed) {
     for (int r = 0; r < Rows; ++r) shift[r] = pset1<Packet>(fixed_shift);
   } else {
@@ -250,7 +251,7 @@ EIGEN_ALWAYS_INLINE void masked_softmax_block(Scalar* score_rows, Scalar* prob_r
     for (int r = 0; r < Rows; ++r) {
       const Packet visible = pand(pcmp_le(lane_begin[r], lane), pcmp_lt(lane, lane_end[r]));
       Packet x = pload<Packet>(scores + r * stride + j);
-      if (fixed) {
+      if (fixed && rescale) {
         x = pmul(x, scale);
         pstore(scores + r * stride + j, x);
       }
