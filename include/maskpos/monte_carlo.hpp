@@ -112,15 +112,17 @@ class MonteCarloAccumulator {
       : seq_len_(inputs.seq_len), mask_(config.mask) {
     config.validate(inputs.seq_len, inputs.dim);
     // Visible entries row by row (each row's visible keys are one contiguous range): the order in
-    // which DecoderKernel lays out its rows, so that add_layer_rows reads memory contiguously.
+    // which DecoderKernel lays out its rows, so that add_layer_rows reads memory contiguously. Each
+    // row starts at a multiple of kRowAlign entries (32 bytes of int32): the Float grid's packets
+    // of a row are then aligned, never split across cache lines, and end in the row's own padding.
     Index offset = 0;
     for (Index i = 0; i < seq_len_; ++i) {
       const Index begin = mask_.first_key(i), end = mask_.end_key(i, seq_len_);
       rows_.push_back({begin, end, offset});
-      offset += end - begin;
+      offset += (end - begin + kRowAlign - 1) / kRowAlign * kRowAlign;
       for (Index j = begin; j < end; ++j) visible_.emplace_back(i, j);
     }
-    const Index n = static_cast<Index>(visible_.size());
+    const Index n = offset;
     for (Index l = 0; l < config.layers; ++l) {
       // A-priori bound on |score| (x2 margin for rounding in the float forward pass).
       const double bound = 2.0 * score_bound(config, inputs, l);
@@ -204,9 +206,9 @@ class MonteCarloAccumulator {
       Matrix<double> mean = Matrix<double>::Constant(seq_len_, seq_len_, std::numeric_limits<double>::quiet_NaN());
       Matrix<double> error = mean;
       Matrix<double> probs = Matrix<double>::Zero(seq_len_, seq_len_);
-      for (std::size_t k = 0; k < visible_.size(); ++k) {
-        const auto [i, j] = visible_[k];
-        const Index index = static_cast<Index>(k);
+      for (const auto& [i, j] : visible_) {
+        const RowRange& row = rows_[static_cast<std::size_t>(i)];
+        const Index index = row.offset + j - row.begin;
         const long double m = score_sum_[l].total(index) / B;
         const long double second = score_square_sum_[l].total(index) / B;
         const long double var = std::max<long double>(second - m * m, 0.0L);
@@ -290,7 +292,7 @@ class MonteCarloAccumulator {
     const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     for (; k < n; k += 8) {
       // The last packet of a row loads only its n - k valid lanes (the others read as 0 and add 0
-      // to the next entries of the block, or to its 8 spare entries).
+      // to the row's padding).
       const __m256i valid = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(std::min<Index>(n - k, 8))), lanes);
       const __m256 s = _mm256_maskload_ps(score_row + k, valid), p = _mm256_maskload_ps(prob_row + k, valid);
       const __m256 qs = _mm256_mul_ps(s, scale_s), qq = _mm256_mul_ps(_mm256_mul_ps(s, s), scale_q),
@@ -299,9 +301,9 @@ class MonteCarloAccumulator {
           _mm256_and_ps(_mm256_cmp_ps(_mm256_and_ps(qs, magnitude), bound, _CMP_LE_OQ), _mm256_cmp_ps(qq, bound, _CMP_LE_OQ)),
           _mm256_cmp_ps(_mm256_and_ps(qp, magnitude), bound, _CMP_LE_OQ));
       if (_mm256_movemask_ps(ok) != 0xff) break;  // the scalar loop below handles the rest of the row
-      auto add = [](std::int32_t* out, __m256 value) {
+      auto add = [](std::int32_t* out, __m256 value) {  // aligned: rows start at multiples of 8 entries
         __m256i* at = reinterpret_cast<__m256i*>(out);
-        _mm256_storeu_si256(at, _mm256_add_epi32(_mm256_loadu_si256(at), _mm256_cvtps_epi32(value)));
+        _mm256_store_si256(at, _mm256_add_epi32(_mm256_load_si256(at), _mm256_cvtps_epi32(value)));
       };
       add(s_out + k, qs);
       add(q_out + k, qq);
@@ -323,6 +325,7 @@ class MonteCarloAccumulator {
   struct RowRange {
     Index begin, end, offset;  ///< visible keys [begin, end) of a row, stored from `offset` on
   };
+  static constexpr Index kRowAlign = 8;
   Index seq_len_;
   Mask mask_;
   std::vector<RowRange> rows_;

@@ -92,7 +92,8 @@ class ExactSum {
 
   /// The pending block of grid integers held in doubles (Double grid).
   double* block() { return block_.data(); }
-  /// The pending block of grid integers (Float grid; size() + 8 entries, the last 8 must stay 0).
+  /// The pending block of grid integers (Float grid; size() + 8 entries, the last 8 must stay 0;
+  /// aligned to EIGEN_MAX_ALIGN_BYTES).
   std::int32_t* block32() { return block32_.data(); }
   /// 2^q: values are multiplied by it and rounded to integers.
   double scale() const { return scale_; }
@@ -171,7 +172,7 @@ class ExactSum {
   double scale_ = 1.0, limit_ = 1.0;
   int flush_every_ = 1 << kFlushLog2;
   std::vector<double> block_;
-  std::vector<std::int32_t> block32_;
+  std::vector<std::int32_t, Eigen::aligned_allocator<std::int32_t>> block32_;  ///< aligned for packet access
   std::vector<Int128> total_;
   std::vector<std::int64_t> middle_;  ///< Float grid: flushed int32 blocks, 2^32 flushes at most
   std::int64_t middle_flushes_ = 0;
