@@ -250,11 +250,12 @@ TEMPLATE_TEST_CASE("a kernel on tokens in their triangular frame gives the decod
   // The frame keeps every dot product, so every norm that sees only dot products (L2, RMSNorm, none;
   // LayerNorm through the part orthogonal to 1, run as RMSNorm over d) gives the same scores and
   // probabilities, and the outputs the same Gram matrix. Expected values: the independent reference
-  // on the original tokens. S = 11 > d = 8 gives trapezoid rows; S = 19 < d = 40 wide rows; a lead
+  // on the original tokens. S = 11 > d = 8 gives trapezoid rows; S = 19 and 23 < d = 40 wide rows (23:
+  // the tall tiles leave a remainder of 5 rows, whose kRows blocks reach row 25); a lead
   // vector shifts every support by one. Causal and sliding-window masks skip the zeros; the others
   // take the dense path. Tolerance as in the reference test above (1e3 epsilons, relative).
   using Scalar = TestType;
-  const auto [S, d] = GENERATE(std::pair{11, 8}, std::pair{19, 40});
+  const auto [S, d] = GENERATE(std::pair{11, 8}, std::pair{19, 40}, std::pair{23, 40});
   const int lead = GENERATE(0, 1);
   const int L = 3;
   const Eigen::MatrixXd tokens = random_tokens(S, d, 17), extra = random_tokens(lead, d, 18);

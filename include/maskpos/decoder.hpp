@@ -167,7 +167,9 @@ template <class Scalar>
 class DecoderKernel {
  public:
   using RowMatrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-  static constexpr Index kRows = 4;  ///< query rows per register tile
+  static constexpr Index kRows = 4;        ///< query rows per register tile
+  static constexpr Index kScoreRows = 8;   ///< query rows per one-packet score tile (triangular rows)
+  static constexpr Index kUpdateRows = 6;  ///< query rows per two-packet update tile (triangular rows)
 
   /// \pre no RoPE with a frame; \pre frame->width >= 1
   DecoderKernel(const DecoderConfig& config, Index seq_len, Index dim, std::optional<TriangularFrame> frame = {})
@@ -181,7 +183,9 @@ class DecoderKernel {
             "l2, rmsnorm or none for tokens in a triangular frame (centring would fill the zeros: pass the centred "
             "tokens with rmsnorm instead)");
     constexpr Index P = packet_size<Scalar>();
-    rows_ = round_up(seq_len, std::max<Index>(kRows, P));
+    // Room for a last block of kRows rows starting anywhere below S (the tall tiles leave any
+    // remainder to the kRows blocks).
+    rows_ = round_up(seq_len + kRows - 1, std::max<Index>(kRows, P));
     cols_ = round_up(width_, P);
     double rope_factor = 1.0;
     if (config_.rope) {
@@ -213,7 +217,8 @@ class DecoderKernel {
     }
     // The support of each row and, per column packet, the first row that reaches it.
     support_.assign(static_cast<std::size_t>(seq_len), width_);
-    if (frame && no_later_keys)
+    triangular_ = frame && no_later_keys;
+    if (triangular_)
       for (Index j = 0; j < seq_len; ++j) support_[static_cast<std::size_t>(j)] = frame->support(j);
     packet_first_key_.assign(static_cast<std::size_t>(cols_ / P), 0);
     for (Index c = 0; c < cols_ / P; ++c) {
@@ -267,37 +272,21 @@ class DecoderKernel {
       query = &rotated_;
     }
     transpose_keys(*query);
-    constexpr Index P = packet_size<Scalar>();
-    for (Index first = 0; first < seq_len_; first += kRows) {
-      const auto [begin, end] = block_keys(first);
-      Scalar* scores = score_rows_.data() + first * rows_;
-      // Y Y^T over the key packets that hold [begin, end); the tile of packets c.. runs over the
-      // columns its last key can fill.
-      const auto key_columns = [this](Index c, int packets, Index depth) {
-        const Index last_key = std::min((c + packets) * P, seq_len_) - 1;
-        return std::pair<Index, Index>{0, std::min(depth, support_[static_cast<std::size_t>(last_key)])};
-      };
-      const Index last_query = std::min(first + kRows, seq_len_) - 1;
-      strip_product<Scalar, kRows, false>(query->data() + first * cols_, cols_, transposed_.data(), rows_,
-                                          support_[static_cast<std::size_t>(last_query)], scores, rows_, begin / P,
-                                          (end + P - 1) / P, key_columns);
-    }
+    // Where rows are triangular, narrower and taller tiles follow the triangle more closely: scores
+    // in one-packet tiles of kScoreRows rows (each runs exactly as deep as its own key packet
+    // needs), the update in two-packet tiles of kUpdateRows rows (12 accumulators). The rest, and
+    // dense rows, in kRows x 3 tiles. (Measured with mc_paper, single thread: each beat kRows x 3
+    // and the other shapes tried; docs/performance.md.)
+    Index first = 0;
+    if (triangular_)
+      for (; seq_len_ - first >= kScoreRows; first += kScoreRows) score_block<kScoreRows, 1>(*query, first);
+    for (; first < seq_len_; first += kRows) score_block<kRows, 3>(*query, first);
     softmax();
     if (!update_state) return;
-    for (Index first = 0; first < seq_len_; first += kRows) {
-      const auto [begin, end] = block_keys(first);
-      const Scalar* probs = prob_rows_.data() + first * rows_ + begin;
-      const Scalar* values = normalized_.data() + begin * cols_;
-      Scalar* out = state_.data() + first * cols_;
-      // Keys before the first one that reaches packet c contribute zeros there.
-      const auto skip = [this, begin = begin](Index c, int, Index depth) {
-        return std::pair<Index, Index>{std::max<Index>(0, packet_first_key_[static_cast<std::size_t>(c)] - begin), depth};
-      };
-      if (config_.residual)
-        strip_product<Scalar, kRows, true>(probs, rows_, values, cols_, end - begin, out, cols_, 0, cols_ / P, skip);
-      else
-        strip_product<Scalar, kRows, false>(probs, rows_, values, cols_, end - begin, out, cols_, 0, cols_ / P, skip);
-    }
+    first = 0;
+    if (triangular_)
+      for (; seq_len_ - first >= kUpdateRows; first += kUpdateRows) update_block<kUpdateRows, 2>(first);
+    for (; first < seq_len_; first += kRows) update_block<kRows, 3>(first);
   }
 
   /// Row i of the state starts at state_data() + i state_stride(); rows and columns beyond S x d are zero.
@@ -311,9 +300,44 @@ class DecoderKernel {
   Index row_stride() const { return rows_; }
 
  private:
-  /// The union of the visible key ranges of queries [first, first + kRows).
-  std::pair<Index, Index> block_keys(Index first) const {
-    const Index last = std::min(first + kRows, seq_len_);
+  /// Scores of queries [first, first + Rows): Y Y^T over the key packets that hold their visible
+  /// keys; the tile of packets c.. runs over the columns its last key can fill.
+  template <int Rows, int Widest>
+  void score_block(const RowMatrix& query, Index first) {
+    constexpr Index P = packet_size<Scalar>();
+    const auto [begin, end] = block_keys(first, Rows);
+    const auto key_columns = [this](Index c, int packets, Index depth) {
+      const Index last_key = std::min((c + packets) * P, seq_len_) - 1;
+      return std::pair<Index, Index>{0, std::min(depth, support_[static_cast<std::size_t>(last_key)])};
+    };
+    const Index last_query = std::min(first + Rows, seq_len_) - 1;
+    strip_product<Scalar, Rows, false, Widest>(query.data() + first * cols_, cols_, transposed_.data(), rows_,
+                                               support_[static_cast<std::size_t>(last_query)],
+                                               score_rows_.data() + first * rows_, rows_, begin / P, (end + P - 1) / P,
+                                               key_columns);
+  }
+
+  /// Rows [first, first + Rows) of the update: state (+)= A Y over their visible keys; keys before
+  /// the first one that reaches column packet c contribute zeros there and are skipped.
+  template <int Rows, int Widest>
+  void update_block(Index first) {
+    constexpr Index P = packet_size<Scalar>();
+    const auto [begin, end] = block_keys(first, Rows);
+    const Scalar* probs = prob_rows_.data() + first * rows_ + begin;
+    const Scalar* values = normalized_.data() + begin * cols_;
+    Scalar* out = state_.data() + first * cols_;
+    const auto skip = [this, begin = begin](Index c, int, Index depth) {
+      return std::pair<Index, Index>{std::max<Index>(0, packet_first_key_[static_cast<std::size_t>(c)] - begin), depth};
+    };
+    if (config_.residual)
+      strip_product<Scalar, Rows, true, Widest>(probs, rows_, values, cols_, end - begin, out, cols_, 0, cols_ / P, skip);
+    else
+      strip_product<Scalar, Rows, false, Widest>(probs, rows_, values, cols_, end - begin, out, cols_, 0, cols_ / P, skip);
+  }
+
+  /// The union of the visible key ranges of queries [first, first + rows).
+  std::pair<Index, Index> block_keys(Index first, Index rows) const {
+    const Index last = std::min(first + rows, seq_len_);
     Index begin = seq_len_, end = 0;
     for (Index i = first; i < last; ++i) {
       begin = std::min(begin, key_begin_[static_cast<std::size_t>(i)]);
@@ -506,6 +530,7 @@ class DecoderKernel {
   RowMatrix transposed_;  ///< the keys transposed (cols_ x rows_): normalized_^T, or rotated_^T with RoPE
   PacketOf<Scalar> last_columns_;  ///< lanes of the last column packet that hold columns < d
   std::vector<Index> key_begin_, key_end_;
+  bool triangular_ = false;              ///< rows have their frame's support (not all width_)
   std::vector<Index> support_;           ///< columns of row j that can be non-zero (width_ for dense rows)
   std::vector<Index> packet_first_key_;  ///< per column packet, the first key row non-zero in it
   mutable Matrix<Scalar> scores_cache_, probs_cache_;

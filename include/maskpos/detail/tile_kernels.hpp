@@ -63,14 +63,18 @@ struct FullDepth {
   std::pair<Eigen::Index, Eigen::Index> operator()(Eigen::Index, int, Eigen::Index depth) const { return {0, depth}; }
 };
 
-/// Rows x [first_packet, end_packet) tile strip: splits the packets into tiles of at most 3 (4 x 3
-/// packets use 12 accumulators + 3 loads + 1 broadcast: the 16 vector registers of AVX2).
+/// Rows x [first_packet, end_packet) tile strip: splits the packets into tiles of at most Widest
+/// (1, 2 or 3; 4 x 3 packets use 12 accumulators + 3 loads + 1 broadcast: the 16 vector registers
+/// of AVX2; 6 x 2 uses 12 + 2 + 1, 8 x 1 uses 8 + 1 + 1).
 /// range(c, packets, depth) = [k0, k1) is the part of the depth where B can be non-zero in the
-/// tile's packets c .. c + packets - 1 (a triangular B); the tile runs over that part only.
-template <class Scalar, int Rows, bool Accumulate, class Range = FullDepth>
+/// tile's packets c .. c + packets - 1 (a triangular B); the tile runs over that part only, so
+/// one-packet tiles follow a triangle packet by packet.
+template <class Scalar, int Rows, bool Accumulate, int Widest = 3, class Range = FullDepth>
 inline void strip_product(const Scalar* a, Eigen::Index a_stride, const Scalar* b, Eigen::Index b_stride,
                           Eigen::Index depth, Scalar* out, Eigen::Index out_stride, Eigen::Index first_packet,
                           Eigen::Index end_packet, Range range = {}) {
+  static_assert(Widest >= 1 && Widest <= 3, "tiles of 1 to 3 packets");
+
   constexpr int P = packet_size<Scalar>();
   auto tile = [&](auto packets, Eigen::Index c) {
     auto [k0, k1] = range(c, decltype(packets)::value, depth);
@@ -79,9 +83,16 @@ inline void strip_product(const Scalar* a, Eigen::Index a_stride, const Scalar* 
                                                                       k1 - k0, out + c * P, out_stride);
   };
   Eigen::Index c = first_packet;
-  for (; end_packet - c >= 3; c += 3) tile(std::integral_constant<int, 3>(), c);
-  if (end_packet - c == 2) tile(std::integral_constant<int, 2>(), c);
-  else if (end_packet - c == 1) tile(std::integral_constant<int, 1>(), c);
+  if constexpr (Widest == 3) {
+    for (; end_packet - c >= 3; c += 3) tile(std::integral_constant<int, 3>(), c);
+    if (end_packet - c == 2) {
+      tile(std::integral_constant<int, 2>(), c);
+      c += 2;
+    }
+  } else if constexpr (Widest == 2) {
+    for (; end_packet - c >= 2; c += 2) tile(std::integral_constant<int, 2>(), c);
+  }
+  for (; c < end_packet; ++c) tile(std::integral_constant<int, 1>(), c);
 }
 
 /// Horizontal sums of Count (<= 4) packets: sums[c] = sum of the lanes of acc[c].
@@ -205,8 +216,10 @@ EIGEN_ALWAYS_INLINE PacketOf<Scalar> exp_packet(const PacketOf<Scalar>& x) {
 /// The softmax of rows [row0, row0 + Rows) (see masked_softmax_rows), processed together: the loop
 /// runs over the packets of the union of their visible ranges with the rows innermost, so Rows
 /// independent exp() chains are in flight at once and the trip count is the same for every row of
-/// the block (no per-row branches). Lanes outside a row's own range are masked to probability 0.
-/// With Rows = P the row totals are reduced by one transpose and inverted by one packet division.
+/// the block (no per-row branches). Packets inside every row's range (for a causal block: all but
+/// the diagonal one) need no lane masks; in the others, lanes outside a row's own range are masked to
+/// probability 0. With Rows = P the row totals are reduced by one transpose and inverted by one
+/// packet division.
 template <class Scalar, int Rows>
 EIGEN_ALWAYS_INLINE void masked_softmax_block(Scalar* score_rows, Scalar* prob_rows, Eigen::Index stride,
                                               Eigen::Index row0, const Eigen::Index* key_begin,
@@ -215,51 +228,90 @@ EIGEN_ALWAYS_INLINE void masked_softmax_block(Scalar* score_rows, Scalar* prob_r
   using Packet = PacketOf<Scalar>;
   constexpr Eigen::Index P = packet_size<Scalar>();
   const Packet scale = pset1<Packet>(scale_factor), zero = pset1<Packet>(Scalar(0));
-  const Packet lowest = pset1<Packet>(std::numeric_limits<Scalar>::lowest()), lane_step = pset1<Packet>(static_cast<Scalar>(P));
-  Packet lane_begin[Rows], lane_end[Rows], shift[Rows], total[Rows];
+  const Packet lowest = pset1<Packet>(std::numeric_limits<Scalar>::lowest());
+  // The union [first, last) of the rows' ranges in whole packets, and the packets [inner_begin,
+  // inner_end) inside every row's range (empty when the ranges do not overlap on a whole packet).
   Eigen::Index first = std::numeric_limits<Eigen::Index>::max(), last = 0;
+  Eigen::Index inner_begin = 0, inner_end = std::numeric_limits<Eigen::Index>::max();
   for (int r = 0; r < Rows; ++r) {
     const Eigen::Index begin = key_begin[row0 + r], end = key_end[row0 + r];
     first = std::min(first, begin / P * P);
     last = std::max(last, round_up(end, P));
-    // Lane indices as Scalar compared with the range (no int -> float conversion in the loops: it
-    // carries a false dependency on its destination register).
-    lane_begin[r] = pset1<Packet>(static_cast<Scalar>(begin));
-    lane_end[r] = pset1<Packet>(static_cast<Scalar>(end));
-    total[r] = zero;
+    inner_begin = std::max(inner_begin, round_up(begin, P));
+    inner_end = std::min(inner_end, end / P * P);
   }
+  if (inner_end < inner_begin) inner_begin = inner_end = first;
+  // Lane indices as Scalar compared with a row's range, converted once here (an int -> float
+  // conversion in the loops carries a false dependency on its destination register).
+  Scalar range_begin[Rows], range_end[Rows];
+  for (int r = 0; r < Rows; ++r) {
+    range_begin[r] = static_cast<Scalar>(key_begin[row0 + r]);
+    range_end[r] = static_cast<Scalar>(key_end[row0 + r]);
+  }
+  const auto visible = [&](int r, const Packet& lane) {
+    return pand(pcmp_le(pset1<Packet>(range_begin[r]), lane), pcmp_lt(lane, pset1<Packet>(range_end[r])));
+  };
+  // Every packet of [first, last) once, interior ones through `inner` and the rest (masked) through
+  // `edge`, each called as f(j, lane) with lane = the packet's key indices.
+  const auto for_packets = [&](auto&& inner, auto&& edge) {
+    const Packet lane_step = pset1<Packet>(static_cast<Scalar>(P));
+    Packet lane = plset<Packet>(static_cast<Scalar>(first));
+    Eigen::Index j = first;
+    for (; j < inner_begin; j += P, lane = padd(lane, lane_step)) edge(j, lane);
+    for (; j < inner_end; j += P) inner(j);
+    lane = plset<Packet>(static_cast<Scalar>(j));
+    for (; j < last; j += P, lane = padd(lane, lane_step)) edge(j, lane);
+  };
   Scalar* const scores = score_rows + row0 * stride;
   Scalar* const probs = prob_rows + row0 * stride;
   const bool fixed = std::isfinite(fixed_shift);
   const bool rescale = scale_factor != Scalar(1);  // scale 1 (the default): the scores stay as they are
+  Packet shift[Rows], total[Rows];
+  for (int r = 0; r < Rows; ++r) total[r] = zero;
   if (fixed) {
     for (int r = 0; r < Rows; ++r) shift[r] = pset1<Packet>(fixed_shift);
+    if (rescale) {
+      const auto scale_inner = [&](Eigen::Index j) {
+        for (int r = 0; r < Rows; ++r) pstore(scores + r * stride + j, pmul(pload<Packet>(scores + r * stride + j), scale));
+      };
+      for_packets(scale_inner, [&](Eigen::Index j, const Packet&) { scale_inner(j); });
+    }
   } else {
-    Packet row_max[Rows], lane = plset<Packet>(static_cast<Scalar>(first));
+    Packet row_max[Rows];
     for (int r = 0; r < Rows; ++r) row_max[r] = lowest;
-    for (Eigen::Index j = first; j < last; j += P, lane = padd(lane, lane_step))
-      for (int r = 0; r < Rows; ++r) {
-        const Packet visible = pand(pcmp_le(lane_begin[r], lane), pcmp_lt(lane, lane_end[r]));
-        const Packet x = pselect(visible, pmul(pload<Packet>(scores + r * stride + j), scale), lowest);
-        pstore(scores + r * stride + j, x);
-        row_max[r] = pmax(row_max[r], x);
-      }
+    for_packets(
+        [&](Eigen::Index j) {
+          for (int r = 0; r < Rows; ++r) {
+            const Packet x = pmul(pload<Packet>(scores + r * stride + j), scale);
+            pstore(scores + r * stride + j, x);
+            row_max[r] = pmax(row_max[r], x);
+          }
+        },
+        [&](Eigen::Index j, const Packet& lane) {
+          for (int r = 0; r < Rows; ++r) {
+            const Packet x = pselect(visible(r, lane), pmul(pload<Packet>(scores + r * stride + j), scale), lowest);
+            pstore(scores + r * stride + j, x);
+            row_max[r] = pmax(row_max[r], x);
+          }
+        });
     for (int r = 0; r < Rows; ++r) shift[r] = pset1<Packet>(predux_max(row_max[r]));
   }
-  Packet lane = plset<Packet>(static_cast<Scalar>(first));
-  for (Eigen::Index j = first; j < last; j += P, lane = padd(lane, lane_step))
-    for (int r = 0; r < Rows; ++r) {
-      const Packet visible = pand(pcmp_le(lane_begin[r], lane), pcmp_lt(lane, lane_end[r]));
-      Packet x = pload<Packet>(scores + r * stride + j);
-      if (fixed && rescale) {
-        x = pmul(x, scale);
-        pstore(scores + r * stride + j, x);
-      }
-      // pand, not pselect: masked lanes may hold anything (even NaN from scores never computed).
-      const Packet e = pand(visible, exp_packet<Scalar>(psub(x, shift[r])));
-      pstore(probs + r * stride + j, e);
-      total[r] = padd(total[r], e);
-    }
+  for_packets(
+      [&](Eigen::Index j) {
+        for (int r = 0; r < Rows; ++r) {
+          const Packet e = exp_packet<Scalar>(psub(pload<Packet>(scores + r * stride + j), shift[r]));
+          pstore(probs + r * stride + j, e);
+          total[r] = padd(total[r], e);
+        }
+      },
+      [&](Eigen::Index j, const Packet& lane) {
+        for (int r = 0; r < Rows; ++r) {
+          // pand, not pselect: masked lanes may hold anything (even NaN from scores never computed).
+          const Packet e = pand(visible(r, lane), exp_packet<Scalar>(psub(pload<Packet>(scores + r * stride + j), shift[r])));
+          pstore(probs + r * stride + j, e);
+          total[r] = padd(total[r], e);
+        }
+      });
   alignas(EIGEN_MAX_ALIGN_BYTES) Scalar inverse[Rows < P ? P : Rows];
   lane_totals<Scalar, Rows>(total, inverse);
   if constexpr (Rows == P) pstore(inverse, pdiv(pset1<Packet>(Scalar(1)), pload<Packet>(inverse)));
