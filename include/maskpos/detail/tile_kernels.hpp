@@ -186,15 +186,20 @@ EIGEN_ALWAYS_INLINE void lane_totals(const PacketOf<Scalar> (&sums)[Rows], Scala
 /// put into the exponent bits directly, about half of pexp's instructions. Results below 2^-125
 /// (x < -86.5) are flushed to 0 (an absolute error below 3e-38, far beneath what the decoder's
 /// probabilities resolve); NaN stays NaN.
-template <class Scalar>
+///
+/// InRange: the caller knows every argument it will use lies in [-86.5, 88] (the softmax with a
+/// constant shift: its arguments lie in [-2 bound, 0] up to rounding, 2 bound <= 60); the clamps and
+/// the flush are then left out. Lanes outside that range (masked lanes the caller discards) give
+/// arbitrary bits.
+template <class Scalar, bool InRange = false>
 EIGEN_ALWAYS_INLINE PacketOf<Scalar> exp_packet(const PacketOf<Scalar>& x) {
 #if defined(__AVX2__) && defined(__FMA__) && !defined(__AVX512F__)
   if constexpr (std::is_same_v<Scalar, float>) {
     // x = n ln 2 + r with |r| <= ln 2 / 2 (ln 2 split in two for an exact n ln 2), then
     // exp(r) = 1 + r + r^2 p(r) and exp(x) = 2^n exp(r) by adding n to the exponent bits.
     // The clamps keep 2^n normal; max / min with the constant first let a NaN through.
-    const __m256 flush = _mm256_cmp_ps(x, _mm256_set1_ps(-86.5f), _CMP_LT_OQ);
-    const __m256 y = _mm256_min_ps(_mm256_set1_ps(88.0f), _mm256_max_ps(_mm256_set1_ps(-86.5f), x));
+    const __m256 flush = InRange ? _mm256_setzero_ps() : _mm256_cmp_ps(x, _mm256_set1_ps(-86.5f), _CMP_LT_OQ);
+    const __m256 y = InRange ? x : _mm256_min_ps(_mm256_set1_ps(88.0f), _mm256_max_ps(_mm256_set1_ps(-86.5f), x));
     const __m256 n = _mm256_round_ps(_mm256_mul_ps(y, _mm256_set1_ps(1.44269504088896341f)),
                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), y);
@@ -207,7 +212,8 @@ EIGEN_ALWAYS_INLINE PacketOf<Scalar> exp_packet(const PacketOf<Scalar>& x) {
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
     p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
     const __m256i power = _mm256_slli_epi32(_mm256_cvtps_epi32(n), 23);
-    return _mm256_andnot_ps(flush, _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), power)));
+    const __m256 value = _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), power));
+    return InRange ? value : _mm256_andnot_ps(flush, value);
   }
 #endif
   return Eigen::internal::pexp(x);
@@ -296,22 +302,29 @@ EIGEN_ALWAYS_INLINE void masked_softmax_block(Scalar* score_rows, Scalar* prob_r
         });
     for (int r = 0; r < Rows; ++r) shift[r] = pset1<Packet>(predux_max(row_max[r]));
   }
-  for_packets(
-      [&](Eigen::Index j) {
-        for (int r = 0; r < Rows; ++r) {
-          const Packet e = exp_packet<Scalar>(psub(pload<Packet>(scores + r * stride + j), shift[r]));
-          pstore(probs + r * stride + j, e);
-          total[r] = padd(total[r], e);
-        }
-      },
-      [&](Eigen::Index j, const Packet& lane) {
-        for (int r = 0; r < Rows; ++r) {
-          // pand, not pselect: masked lanes may hold anything (even NaN from scores never computed).
-          const Packet e = pand(visible(r, lane), exp_packet<Scalar>(psub(pload<Packet>(scores + r * stride + j), shift[r])));
-          pstore(probs + r * stride + j, e);
-          total[r] = padd(total[r], e);
-        }
-      });
+  // With the constant shift (a bound on the scores) every visible argument is in exp_packet's range.
+  const auto exponentials = [&](auto in_range) {
+    constexpr bool InRange = decltype(in_range)::value;
+    for_packets(
+        [&](Eigen::Index j) {
+          for (int r = 0; r < Rows; ++r) {
+            const Packet e = exp_packet<Scalar, InRange>(psub(pload<Packet>(scores + r * stride + j), shift[r]));
+            pstore(probs + r * stride + j, e);
+            total[r] = padd(total[r], e);
+          }
+        },
+        [&](Eigen::Index j, const Packet& lane) {
+          for (int r = 0; r < Rows; ++r) {
+            // pand, not pselect: masked lanes may hold anything (even NaN from scores never computed).
+            const Packet e =
+                pand(visible(r, lane), exp_packet<Scalar, InRange>(psub(pload<Packet>(scores + r * stride + j), shift[r])));
+            pstore(probs + r * stride + j, e);
+            total[r] = padd(total[r], e);
+          }
+        });
+  };
+  if (fixed) exponentials(std::true_type());
+  else exponentials(std::false_type());
   alignas(EIGEN_MAX_ALIGN_BYTES) Scalar inverse[Rows < P ? P : Rows];
   lane_totals<Scalar, Rows>(total, inverse);
   if constexpr (Rows == P) pstore(inverse, pdiv(pset1<Packet>(Scalar(1)), pload<Packet>(inverse)));
