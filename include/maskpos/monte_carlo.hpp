@@ -291,10 +291,17 @@ class MonteCarloAccumulator {
     const __m256 magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     for (; k < n; k += 8) {
-      // The last packet of a row loads only its n - k valid lanes (the others read as 0 and add 0
-      // to the row's padding).
-      const __m256i valid = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(std::min<Index>(n - k, 8))), lanes);
-      const __m256 s = _mm256_maskload_ps(score_row + k, valid), p = _mm256_maskload_ps(prob_row + k, valid);
+      // Whole packets load plainly; the last one of a row only its n - k valid lanes (the others
+      // read as 0 and add 0 to the row's padding).
+      __m256 s, p;
+      if (n - k >= 8) {
+        s = _mm256_loadu_ps(score_row + k);
+        p = _mm256_loadu_ps(prob_row + k);
+      } else {
+        const __m256i valid = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n - k)), lanes);
+        s = _mm256_maskload_ps(score_row + k, valid);
+        p = _mm256_maskload_ps(prob_row + k, valid);
+      }
       const __m256 qs = _mm256_mul_ps(s, scale_s), qq = _mm256_mul_ps(_mm256_mul_ps(s, s), scale_q),
                    qp = _mm256_mul_ps(p, scale_p);
       const __m256 ok = _mm256_and_ps(
