@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 #if defined(__AVX2__)
 #include <immintrin.h>
@@ -125,15 +126,21 @@ inline void box_muller_lanes(const std::uint32_t (&words)[4][kPhiloxLanes], floa
       const float p2 = phi * phi;
       const float s = phi * (1.0f + p2 * (-1.0f / 6 + p2 * (1.0f / 120 + p2 * (-1.0f / 5040 + p2 * (1.0f / 362880)))));
       const float c = 1.0f + p2 * (-0.5f + p2 * (1.0f / 24 + p2 * (-1.0f / 720 + p2 * (1.0f / 40320 + p2 * (-1.0f / 3628800)))));
-      const std::uint32_t q = w >> 30;
-      // Quarter turns: q = 0: (c, s); 1: (-s, c); 2: (-c, -s); 3: (s, -c). Exact (products by 0 and +-1).
-      const float swap = static_cast<float>(q & 1u);
-      const float a = (1.0f - swap) * c + swap * s;
-      const float b = (1.0f - swap) * s + swap * c;
-      const float cos_sign = (q == 1u || q == 2u) ? -1.0f : 1.0f;
-      const float sin_sign = (q >= 2u) ? -1.0f : 1.0f;
-      cosines[j] = radius[j] * (cos_sign * a);
-      sines[j] = radius[j] * (sin_sign * b);
+      // Quarter turns q = w >> 30: 0: (c, s); 1: (-s, c); 2: (-c, -s); 3: (s, -c). An odd q swaps c
+      // and s; the cosine is negated when bits 31 and 30 of w differ (q = 1, 2), the sine when bit 31
+      // is set (q = 2, 3): sign-bit flips, exact, and blends (vectorised without branches).
+      const bool odd = (w >> 30) & 1u;
+      const float a = odd ? s : c, b = odd ? c : s;
+      std::uint32_t a_bits, b_bits;
+      std::memcpy(&a_bits, &a, sizeof a);
+      std::memcpy(&b_bits, &b, sizeof b);
+      a_bits ^= (w ^ (w << 1)) & 0x80000000u;
+      b_bits ^= w & 0x80000000u;
+      float cosine, sine;
+      std::memcpy(&cosine, &a_bits, sizeof cosine);
+      std::memcpy(&sine, &b_bits, sizeof sine);
+      cosines[j] = radius[j] * cosine;
+      sines[j] = radius[j] * sine;
     }
   }
 }
