@@ -336,7 +336,7 @@ class DecoderKernel {
   }
 
   /// The union of the visible key ranges of queries [first, first + rows).
-  std::pair<Index, Index> block_keys(Index first, Index rows) const {
+  EIGEN_ALWAYS_INLINE std::pair<Index, Index> block_keys(Index first, Index rows) const {
     const Index last = std::min(first + rows, seq_len_);
     Index begin = seq_len_, end = 0;
     for (Index i = first; i < last; ++i) {
@@ -443,7 +443,7 @@ class DecoderKernel {
 #pragma GCC diagnostic pop
 #endif
           for (int r = 0; r < P; ++r) block.packet[r] = pload<Packet>(keys.data() + (row0 + r) * cols_ + c * P);
-          ptranspose(block);
+          transpose_inline(block);
           for (int k = 0; k < P; ++k) pstoreu(transposed_.data() + (c * P + k) * rows_ + row0, block.packet[k]);
         }
       }

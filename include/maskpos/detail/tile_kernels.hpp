@@ -95,6 +95,38 @@ inline void strip_product(const Scalar* a, Eigen::Index a_stride, const Scalar* 
   for (; c < end_packet; ++c) tile(std::integral_constant<int, 1>(), c);
 }
 
+/// Eigen's ptranspose of a full block of P packets, kept inline: for 8 floats on AVX the usual
+/// unpack / shuffle / lane-permute sequence (Eigen's own, which GCC tends to call out of line, passing
+/// the eight registers through memory).
+template <class Packet, int N>
+EIGEN_ALWAYS_INLINE void transpose_inline(Eigen::internal::PacketBlock<Packet, N>& block) {
+#if defined(__AVX__) && !defined(__AVX512F__)
+  // (Tested through the packet's traits: __m256 as a template argument warns about its attributes.)
+  if constexpr (std::is_same_v<typename Eigen::internal::unpacket_traits<Packet>::type, float> && N == 8 &&
+                sizeof(Packet) == 32) {
+    __m256* r = block.packet;
+    const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    r[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
+    r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+    r[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
+    r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+    r[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
+    r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+    r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
+    r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+    return;
+  }
+#endif
+  Eigen::internal::ptranspose(block);
+}
+
 /// Horizontal sums of Count (<= 4) packets: sums[c] = sum of the lanes of acc[c].
 template <class Scalar, int Count>
 inline void reduce_packets(const PacketOf<Scalar> (&acc)[Count], Scalar* sums) {
@@ -172,7 +204,7 @@ EIGEN_ALWAYS_INLINE void lane_totals(const PacketOf<Scalar> (&sums)[Rows], Scala
 #pragma GCC diagnostic pop
 #endif
     for (int r = 0; r < Rows; ++r) block.packet[r] = sums[r];
-    ptranspose(block);  // lane r of packet t = lane t of sums[r]
+    transpose_inline(block);  // lane r of packet t = lane t of sums[r]
     PacketOf<Scalar> total = block.packet[0];
     for (int t = 1; t < P; ++t) total = padd(total, block.packet[t]);
     pstore(totals, total);
