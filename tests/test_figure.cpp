@@ -371,6 +371,35 @@ std::string base64(const std::vector<std::uint8_t>& bytes) {
   return text;
 }
 
+TEST_CASE("save_figures: the files save_figure writes, PNGs encoded on their own threads") {
+  const fs::path one_by_one = output_directory("figures_single"), together = output_directory("figures_together");
+  const auto grid = one_panel_grid(table_ramp(10, true));
+  for (const char* name : {"a.png", "b.svg", "c.png"}) maskpos::save_figure(grid, (one_by_one / name).string());
+  maskpos::save_figures(grid, {(together / "a.png").string(), (together / "b.svg").string(), (together / "c.png").string()});
+  CHECK(directory_entries(together) == std::vector<std::string>{"a.png", "b.svg", "c.png"});
+  const auto bytes = [](const fs::path& path) { return file_start(path, std::size_t(1) << 26); };
+  // The PNGs byte for byte. The SVGs up to their numbers: cairo numbers surfaces process-wide, so
+  // two drawings in one process differ in their image ids (between runs of a program they agree).
+  const auto without_digits = [](std::string text) {
+    text.erase(std::remove_if(text.begin(), text.end(), [](char c) { return c >= '0' && c <= '9'; }), text.end());
+    return text;
+  };
+  for (const char* name : {"a.png", "c.png"}) {
+    INFO(name);
+    CHECK(bytes(together / name) == bytes(one_by_one / name));
+  }
+  CHECK(bytes(together / "a.png") == bytes(together / "c.png"));
+  const std::string svg = bytes(together / "b.svg");
+  CHECK(svg.size() > 1000);
+  CHECK(without_digits(svg) == without_digits(bytes(one_by_one / "b.svg")));
+
+  // A bad path anywhere in the list: std::invalid_argument before anything is drawn or written.
+  const fs::path untouched = output_directory("figures_invalid");
+  check_invalid([&] { maskpos::save_figures(grid, {(untouched / "a.png").string(), (untouched / "b.jpg").string()}); },
+                "path");
+  CHECK(directory_entries(untouched).empty());
+}
+
 TEST_CASE("SVG cells: the PNG maskpos encodes decodes to the drawn pixels, and is what the SVG embeds") {
   // The cells of a vector figure are drawn as an image with a PNG attached (detail::attach_png), which
   // cairo's SVG backend embeds as is. Decoding it with cairo's own PNG reader (libpng) must give back

@@ -142,10 +142,10 @@ std::vector<std::string> draw_layer_figure(const std::filesystem::path& dir, con
 
 std::vector<std::string> save_png_and_svg(const FigureGrid& grid, const std::filesystem::path& dir, const std::string& stem,
                                           const FigureOptions& options) {
-  // One after the other: cairo numbers its surfaces process-wide, and the SVG's image ids come from
-  // those numbers, so drawing the PNG concurrently would make the SVG's bytes vary from run to run.
+  // Drawn one after the other (cairo numbers its surfaces process-wide: the SVG's bytes must not
+  // depend on a concurrent drawing); the PNG is encoded while the SVG is drawn.
   const std::vector<std::string> names{stem + ".png", stem + ".svg"};
-  for (const std::string& name : names) save_figure(grid, (dir / name).string(), options);
+  save_figures(grid, {(dir / names[0]).string(), (dir / names[1]).string()}, options);
   return names;
 }
 
