@@ -88,7 +88,7 @@ void accumulate_layer(benchmark::State& state) {
   kernel.step(false);
   maskpos::MonteCarloAccumulator sums(config, inputs, state.range(1) ? maskpos::SumGrid::Float : maskpos::SumGrid::Double);
   for (auto _ : state) {
-    sums.add_layer_rows(0, kernel.score_data(), kernel.prob_data(), kernel.row_stride());
+    sums.add_layer_rows(0, kernel.score_data(), kernel.weight_data(), kernel.row_stride(), kernel.row_inverse());
     benchmark::ClobberMemory();
   }
   state.counters["entries"] = double(S * (S + 1) / 2);

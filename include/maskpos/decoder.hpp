@@ -150,8 +150,10 @@ namespace detail {
 ///   computed (for the causal mask: the lower triangle plus the small triangles above the diagonal
 ///   inside each block), as register tiles of Q K^T from Q's rows and a transposed copy of K
 ///   (Q = K = Y, or RoPE(Y));
-/// - the softmax runs over each row's contiguous visible range (contiguous memory, vectorised exp);
-/// - the update A Y runs over each row block's visible key range only, fused with the residual add.
+/// - the softmax runs over each row's contiguous visible range (contiguous memory, vectorised exp)
+///   and leaves the rows unnormalised: weights W and one factor 1 / (row total) per row;
+/// - the update A Y = diag(factors) W Y runs over each row block's visible key range only, the
+///   factors and the residual add fused into the tiles' last step.
 /// Only visible entries of scores() are meaningful; probs() is 0 on masked entries.
 ///
 /// Given a TriangularFrame, the state holds the tokens in that frame (frame.width columns instead of
@@ -206,6 +208,7 @@ class DecoderKernel {
     }
     score_rows_.setZero(rows_, rows_);
     prob_rows_.setZero(rows_, rows_);
+    row_inverse_.setZero(rows_);
     key_begin_.resize(static_cast<std::size_t>(seq_len));
     key_end_.resize(static_cast<std::size_t>(seq_len));
     bool no_later_keys = true;
@@ -245,7 +248,7 @@ class DecoderKernel {
   /// S x S probabilities of the last layer (column-major copy, filled on first use after a layer).
   const Matrix<Scalar>& probs() const {
     if (!probs_cached_) {
-      probs_cache_ = prob_rows_.topLeftCorner(seq_len_, seq_len_);
+      probs_cache_ = row_inverse_.head(seq_len_).asDiagonal() * prob_rows_.topLeftCorner(seq_len_, seq_len_);
       probs_cached_ = true;
     }
     return probs_cache_;
@@ -297,8 +300,11 @@ class DecoderKernel {
 
   /// Row i of the last scores starts at score_data() + i row_stride() (entries of visible keys valid).
   const Scalar* score_data() const { return score_rows_.data(); }
-  /// Row i of the last probabilities starts at prob_data() + i row_stride() (0 on masked keys).
-  const Scalar* prob_data() const { return prob_rows_.data(); }
+  /// Row i of the last layer's softmax weights exp(score - shift) starts at weight_data() + i
+  /// row_stride() (0 on masked keys); its probabilities are those weights times row_inverse()[i].
+  const Scalar* weight_data() const { return prob_rows_.data(); }
+  /// 1 / (the total of row i's weights), i < S.
+  const Scalar* row_inverse() const { return row_inverse_.data(); }
   Index row_stride() const { return rows_; }
 
  private:
@@ -336,8 +342,9 @@ class DecoderKernel {
                                                key_columns);
   }
 
-  /// Rows [first, first + Rows) of the update: state (+)= A Y over their visible keys; keys before
-  /// the first one that reaches column packet c contribute zeros there and are skipped.
+  /// Rows [first, first + Rows) of the update: state (+)= A Y over their visible keys, A Y as
+  /// diag(row_inverse_) (W Y) from the softmax weights W; keys before the first one that reaches
+  /// column packet c contribute zeros there and are skipped.
   template <int Rows, int Widest>
   void update_block(Index first) {
     constexpr Index P = packet_size<Scalar>();
@@ -348,10 +355,13 @@ class DecoderKernel {
     const auto skip = [this, begin = begin](Index c, int, Index depth) {
       return std::pair<Index, Index>{std::max<Index>(0, packet_first_key_[static_cast<std::size_t>(c)] - begin), depth};
     };
+    const Scalar* scale = row_inverse_.data() + first;
     if (config_.residual)
-      strip_product<Scalar, Rows, true, Widest>(probs, rows_, values, cols_, end - begin, out, cols_, 0, cols_ / P, skip);
+      strip_product<Scalar, Rows, true, Widest, decltype(skip), true>(probs, rows_, values, cols_, end - begin, out, cols_, 0,
+                                                                      cols_ / P, skip, scale);
     else
-      strip_product<Scalar, Rows, false, Widest>(probs, rows_, values, cols_, end - begin, out, cols_, 0, cols_ / P, skip);
+      strip_product<Scalar, Rows, false, Widest, decltype(skip), true>(probs, rows_, values, cols_, end - begin, out, cols_, 0,
+                                                                       cols_ / P, skip, scale);
   }
 
   /// The union of the visible key ranges of queries [first, first + rows).
@@ -535,7 +545,7 @@ class DecoderKernel {
 
   void softmax() {
     masked_softmax_rows<Scalar>(score_rows_.data(), prob_rows_.data(), rows_, seq_len_, key_begin_.data(),
-                                key_end_.data(), scale_, shift_);
+                                key_end_.data(), scale_, shift_, row_inverse_.data());
   }
 
   DecoderConfig config_;
@@ -545,7 +555,9 @@ class DecoderKernel {
   RowMatrix rope_cos_, rope_sin_;      ///< the rotation as row-major tables (build_rotation_tables)
   std::vector<Index> rope_partner_;    ///< the coordinate each coordinate is paired with
   Index packet_half_ = 0;              ///< half the rotary dimension when the packet path applies, else 0
-  RowMatrix state_, normalized_, rotated_, score_rows_, prob_rows_;
+  RowMatrix state_, normalized_, rotated_, score_rows_;
+  RowMatrix prob_rows_;  ///< the softmax weights; row i times row_inverse_[i] is A's row i
+  Eigen::Matrix<Scalar, Eigen::Dynamic, 1> row_inverse_;
   RowMatrix transposed_;  ///< the keys transposed (cols_ x rows_): normalized_^T, or rotated_^T with RoPE
   PacketOf<Scalar> last_columns_;  ///< lanes of the last column packet that hold columns < d
   std::vector<Index> key_begin_, key_end_;

@@ -149,13 +149,16 @@ class MonteCarloAccumulator {
   }
 
   /// Adds the visible entries of one layer of one sample, given row-major storage: entry (i, j) of
-  /// the scores at scores[i row_stride + j], of the probabilities at probs[i row_stride + j].
+  /// the scores at scores[i row_stride + j], of the probabilities at probs[i row_stride + j], or,
+  /// given `row_scale`, at probs[i row_stride + j] * row_scale[i] (rounded to Scalar: the
+  /// unnormalised rows of DecoderKernel::weight_data() and its row_inverse()).
   ///
   /// One fused pass per row: each value is checked against the a-priori bounds, then score, squared
   /// score and probability are rounded to their grids and added (see detail::ExactSum). A row with
   /// a value out of range (or NaN) takes a slow path that skips exactly those values.
   template <class Scalar>
-  void add_layer_rows(Index layer, const Scalar* scores, const Scalar* probs, Index row_stride) {
+  void add_layer_rows(Index layer, const Scalar* scores, const Scalar* probs, Index row_stride,
+                      const Scalar* row_scale = nullptr) {
     const std::size_t l = static_cast<std::size_t>(layer);
     detail::ExactSum &score_sum = score_sum_[l], &square_sum = score_square_sum_[l], &prob_sum = prob_sum_[l];
     for (Index i = 0; i < seq_len_; ++i) {
@@ -163,16 +166,17 @@ class MonteCarloAccumulator {
       const Scalar* score_row = scores + i * row_stride + range.begin;
       const Scalar* prob_row = probs + i * row_stride + range.begin;
       const Index n = range.end - range.begin;
+      const Scalar factor = row_scale != nullptr ? row_scale[i] : Scalar(1);  // p * 1 = p exactly
       if (score_sum.grid() == SumGrid::Double) {
-        add_row_double(score_row, prob_row, n, range.offset, score_sum, square_sum, prob_sum);
+        add_row_double(score_row, prob_row, factor, n, range.offset, score_sum, square_sum, prob_sum);
       } else if constexpr (std::is_same_v<Scalar, float>) {
-        add_row_float(score_row, prob_row, n, range.offset, score_sum, square_sum, prob_sum);
+        add_row_float(score_row, prob_row, factor, n, range.offset, score_sum, square_sum, prob_sum);
       } else {
         for (Index k = 0; k < n; ++k) {
           const double s = static_cast<double>(score_row[k]);
           add_checked(score_sum, range.offset + k, s);
           add_checked(square_sum, range.offset + k, s * s);
-          add_checked(prob_sum, range.offset + k, static_cast<double>(prob_row[k]));
+          add_checked(prob_sum, range.offset + k, static_cast<double>(Scalar(prob_row[k] * factor)));
         }
       }
     }
@@ -241,7 +245,7 @@ class MonteCarloAccumulator {
   /// rounded with the 1.5 * 2^52 trick and added to the double blocks. A row with a value out of
   /// range (or NaN) takes a slow path that skips exactly those values.
   template <class Scalar>
-  static void add_row_double(const Scalar* score_row, const Scalar* prob_row, Index n, Index offset,
+  static void add_row_double(const Scalar* score_row, const Scalar* prob_row, Scalar factor, Index n, Index offset,
                              detail::ExactSum& score_sum, detail::ExactSum& square_sum, detail::ExactSum& prob_sum) {
     constexpr double kRound = 6755399441055744.0;  // 1.5 * 2^52: (x + kRound) - kRound rounds x to an integer
     double* const s_out = score_sum.block() + offset;
@@ -251,14 +255,14 @@ class MonteCarloAccumulator {
     const double score_limit = score_sum.limit(), square_limit = square_sum.limit(), prob_limit = prob_sum.limit();
     int bad = 0;
     for (Index k = 0; k < n; ++k) {
-      const double s = static_cast<double>(score_row[k]), p = static_cast<double>(prob_row[k]);
+      const double s = static_cast<double>(score_row[k]), p = static_cast<double>(Scalar(prob_row[k] * factor));
       bad |= static_cast<int>(!(std::fabs(s * score_scale) <= score_limit)) |
              static_cast<int>(!(s * s * square_scale <= square_limit)) |
              static_cast<int>(!(std::fabs(p * prob_scale) <= prob_limit));
     }
     if (bad == 0) {
       for (Index k = 0; k < n; ++k) {
-        const double s = static_cast<double>(score_row[k]), p = static_cast<double>(prob_row[k]);
+        const double s = static_cast<double>(score_row[k]), p = static_cast<double>(Scalar(prob_row[k] * factor));
         s_out[k] += (s * score_scale + kRound) - kRound;
         q_out[k] += (s * s * square_scale + kRound) - kRound;
         p_out[k] += (p * prob_scale + kRound) - kRound;
@@ -269,14 +273,14 @@ class MonteCarloAccumulator {
       const double s = static_cast<double>(score_row[k]);
       add_checked(score_sum, offset + k, s);
       add_checked(square_sum, offset + k, s * s);
-      add_checked(prob_sum, offset + k, static_cast<double>(prob_row[k]));
+      add_checked(prob_sum, offset + k, static_cast<double>(Scalar(prob_row[k] * factor)));
     }
   }
 
   /// Float grid for float values: v 2^q is exact in float (a power-of-two scale) and rounded to the
   /// nearest int32 (ties to even; with AVX2 eight at a time), the squared score is the float product
   /// s * s. Values out of range (or NaN) are skipped one by one.
-  static void add_row_float(const float* score_row, const float* prob_row, Index n, Index offset,
+  static void add_row_float(const float* score_row, const float* prob_row, float factor, Index n, Index offset,
                             detail::ExactSum& score_sum, detail::ExactSum& square_sum, detail::ExactSum& prob_sum) {
     std::int32_t* const s_out = score_sum.block32() + offset;
     std::int32_t* const q_out = square_sum.block32() + offset;
@@ -287,7 +291,7 @@ class MonteCarloAccumulator {
     Index k = 0;
 #if defined(__AVX2__)
     const __m256 scale_s = _mm256_set1_ps(score_scale), scale_q = _mm256_set1_ps(square_scale),
-                 scale_p = _mm256_set1_ps(prob_scale), bound = _mm256_set1_ps(limit);
+                 scale_p = _mm256_set1_ps(prob_scale), bound = _mm256_set1_ps(limit), row_factor = _mm256_set1_ps(factor);
     const __m256 magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     for (; k < n; k += 8) {
@@ -303,7 +307,7 @@ class MonteCarloAccumulator {
         p = _mm256_maskload_ps(prob_row + k, valid);
       }
       const __m256 qs = _mm256_mul_ps(s, scale_s), qq = _mm256_mul_ps(_mm256_mul_ps(s, s), scale_q),
-                   qp = _mm256_mul_ps(p, scale_p);
+                   qp = _mm256_mul_ps(_mm256_mul_ps(p, row_factor), scale_p);
       const __m256 ok = _mm256_and_ps(
           _mm256_and_ps(_mm256_cmp_ps(_mm256_and_ps(qs, magnitude), bound, _CMP_LE_OQ), _mm256_cmp_ps(qq, bound, _CMP_LE_OQ)),
           _mm256_cmp_ps(_mm256_and_ps(qp, magnitude), bound, _CMP_LE_OQ));
@@ -319,7 +323,7 @@ class MonteCarloAccumulator {
 #endif
     for (; k < n; ++k) {
       const float s = score_row[k];
-      const float qs = s * score_scale, qq = (s * s) * square_scale, qp = prob_row[k] * prob_scale;
+      const float qs = s * score_scale, qq = (s * s) * square_scale, qp = (prob_row[k] * factor) * prob_scale;
       if (std::fabs(qs) <= limit) s_out[k] += static_cast<std::int32_t>(std::nearbyint(qs));
       else score_sum.skip(1);
       if (qq <= limit) q_out[k] += static_cast<std::int32_t>(std::nearbyint(qq));
@@ -407,7 +411,7 @@ MonteCarloAccumulator monte_carlo_accumulate(const DecoderConfig& config, const 
           for (Index l = 0; l < config.layers; ++l) {
             // The last layer's output is never looked at: skip its A Y.
             kernel.step(l + 1 < config.layers);
-            sums.add_layer_rows(l, kernel.score_data(), kernel.prob_data(), kernel.row_stride());
+            sums.add_layer_rows(l, kernel.score_data(), kernel.weight_data(), kernel.row_stride(), kernel.row_inverse());
           }
         }
         const std::int64_t finished = done.fetch_add(end - begin) + (end - begin);

@@ -36,22 +36,31 @@ inline Eigen::Index round_up(Eigen::Index n, Eigen::Index m) { return (n + m - 1
 /// out[r][c P .. c P + P) (+)= sum_{k < depth} a[r a_stride + k] * b[k b_stride + c P .. + P),
 /// for r < Rows, c < Packets: a Rows x (Packets P) tile of A B with A row-major (broadcast) and B
 /// row-major (loaded as packets). With Accumulate the tile starts from the values in `out`.
-template <class Scalar, int Rows, int Packets, bool Accumulate>
+/// With Scaled, row r of the product is multiplied by row_scale[r] first (A = diag(row_scale) W for
+/// weights W given in `a`): out = row_scale[r] (W B)[r] (+ out).
+template <class Scalar, int Rows, int Packets, bool Accumulate, bool Scaled = false>
 EIGEN_ALWAYS_INLINE void tile_product(const Scalar* a, Eigen::Index a_stride, const Scalar* b, Eigen::Index b_stride,
-                         Eigen::Index depth, Scalar* out, Eigen::Index out_stride) {
+                         Eigen::Index depth, Scalar* out, Eigen::Index out_stride, const Scalar* row_scale = nullptr) {
   using namespace Eigen::internal;
   using Packet = PacketOf<Scalar>;
   constexpr int P = packet_size<Scalar>();
   Packet acc[Rows][Packets];
   for (int r = 0; r < Rows; ++r)
     for (int c = 0; c < Packets; ++c)
-      acc[r][c] = Accumulate ? ploadu<Packet>(out + r * out_stride + c * P) : pset1<Packet>(Scalar(0));
+      acc[r][c] = Accumulate && !Scaled ? ploadu<Packet>(out + r * out_stride + c * P) : pset1<Packet>(Scalar(0));
   for (Eigen::Index k = 0; k < depth; ++k) {
     Packet bk[Packets];
     for (int c = 0; c < Packets; ++c) bk[c] = ploadu<Packet>(b + k * b_stride + c * P);
     for (int r = 0; r < Rows; ++r) {
       const Packet ar = pset1<Packet>(a[r * a_stride + k]);
       for (int c = 0; c < Packets; ++c) acc[r][c] = pmadd(ar, bk[c], acc[r][c]);
+    }
+  }
+  if constexpr (Scaled) {
+    for (int r = 0; r < Rows; ++r) {
+      const Packet scale = pset1<Packet>(row_scale[r]);
+      for (int c = 0; c < Packets; ++c)
+        acc[r][c] = Accumulate ? pmadd(acc[r][c], scale, ploadu<Packet>(out + r * out_stride + c * P)) : pmul(acc[r][c], scale);
     }
   }
   for (int r = 0; r < Rows; ++r)
@@ -68,19 +77,19 @@ struct FullDepth {
 /// of AVX2; 6 x 2 uses 12 + 2 + 1, 8 x 1 uses 8 + 1 + 1).
 /// range(c, packets, depth) = [k0, k1) is the part of the depth where B can be non-zero in the
 /// tile's packets c .. c + packets - 1 (a triangular B); the tile runs over that part only, so
-/// one-packet tiles follow a triangle packet by packet.
-template <class Scalar, int Rows, bool Accumulate, int Widest = 3, class Range = FullDepth>
+/// one-packet tiles follow a triangle packet by packet. Scaled and row_scale: see tile_product.
+template <class Scalar, int Rows, bool Accumulate, int Widest = 3, class Range = FullDepth, bool Scaled = false>
 inline void strip_product(const Scalar* a, Eigen::Index a_stride, const Scalar* b, Eigen::Index b_stride,
                           Eigen::Index depth, Scalar* out, Eigen::Index out_stride, Eigen::Index first_packet,
-                          Eigen::Index end_packet, Range range = {}) {
+                          Eigen::Index end_packet, Range range = {}, const Scalar* row_scale = nullptr) {
   static_assert(Widest >= 1 && Widest <= 3, "tiles of 1 to 3 packets");
 
   constexpr int P = packet_size<Scalar>();
   auto tile = [&](auto packets, Eigen::Index c) {
     auto [k0, k1] = range(c, decltype(packets)::value, depth);
     k1 = std::max(k0, k1);
-    tile_product<Scalar, Rows, decltype(packets)::value, Accumulate>(a + k0, a_stride, b + k0 * b_stride + c * P, b_stride,
-                                                                      k1 - k0, out + c * P, out_stride);
+    tile_product<Scalar, Rows, decltype(packets)::value, Accumulate, Scaled>(
+        a + k0, a_stride, b + k0 * b_stride + c * P, b_stride, k1 - k0, out + c * P, out_stride, row_scale);
   };
   Eigen::Index c = first_packet;
   if constexpr (Widest == 3) {
@@ -261,7 +270,8 @@ EIGEN_ALWAYS_INLINE PacketOf<Scalar> exp_packet(const PacketOf<Scalar>& x) {
 template <class Scalar, int Rows>
 EIGEN_ALWAYS_INLINE void masked_softmax_block(Scalar* score_rows, Scalar* prob_rows, Eigen::Index stride,
                                               Eigen::Index row0, const Eigen::Index* key_begin,
-                                              const Eigen::Index* key_end, Scalar scale_factor, Scalar fixed_shift) {
+                                              const Eigen::Index* key_end, Scalar scale_factor, Scalar fixed_shift,
+                                              Scalar* row_inverse) {
   using namespace Eigen::internal;
   using Packet = PacketOf<Scalar>;
   constexpr Eigen::Index P = packet_size<Scalar>();
@@ -362,6 +372,10 @@ EIGEN_ALWAYS_INLINE void masked_softmax_block(Scalar* score_rows, Scalar* prob_r
   if constexpr (Rows == P) pstore(inverse, pdiv(pset1<Packet>(Scalar(1)), pload<Packet>(inverse)));
   else
     for (int r = 0; r < Rows; ++r) inverse[r] = Scalar(1) / inverse[r];
+  if (row_inverse != nullptr) {  // the caller scales the rows itself
+    for (int r = 0; r < Rows; ++r) row_inverse[row0 + r] = inverse[r];
+    return;
+  }
   for (int r = 0; r < Rows; ++r) {
     const Packet factor = pset1<Packet>(inverse[r]);
     for (Eigen::Index j = first; j < last; j += P) pstore(probs + r * stride + j, pmul(pload<Packet>(probs + r * stride + j), factor));
@@ -379,16 +393,23 @@ EIGEN_ALWAYS_INLINE void masked_softmax_block(Scalar* score_rows, Scalar* prob_r
 /// With a finite `fixed_shift` >= every scaled score (see softmax_shift), that constant replaces the
 /// row maximum: no maximum pass. Rows go in blocks of one packet's width (masked_softmax_block),
 /// the remainder one by one; the blocking depends only on `rows`, so results are reproducible.
+///
+/// Given `row_inverse` (rows entries), the rows are left unnormalised: prob_rows holds the weights
+/// exp(score - shift) and row_inverse[i] = 1 / (row i's total), by which the caller multiplies
+/// (the pass that would scale every row in place took a third of the softmax's time at S = 50).
 template <class Scalar>
 inline void masked_softmax_rows(Scalar* score_rows, Scalar* prob_rows, Eigen::Index stride, Eigen::Index rows,
                                 const Eigen::Index* key_begin, const Eigen::Index* key_end, Scalar scale_factor,
-                                Scalar fixed_shift = std::numeric_limits<Scalar>::quiet_NaN()) {
+                                Scalar fixed_shift = std::numeric_limits<Scalar>::quiet_NaN(),
+                                Scalar* row_inverse = nullptr) {
   constexpr int P = packet_size<Scalar>();
   Eigen::Index i = 0;
   for (; rows - i >= P; i += P)
-    masked_softmax_block<Scalar, P>(score_rows, prob_rows, stride, i, key_begin, key_end, scale_factor, fixed_shift);
+    masked_softmax_block<Scalar, P>(score_rows, prob_rows, stride, i, key_begin, key_end, scale_factor, fixed_shift,
+                                    row_inverse);
   for (; i < rows; ++i)
-    masked_softmax_block<Scalar, 1>(score_rows, prob_rows, stride, i, key_begin, key_end, scale_factor, fixed_shift);
+    masked_softmax_block<Scalar, 1>(score_rows, prob_rows, stride, i, key_begin, key_end, scale_factor, fixed_shift,
+                                    row_inverse);
 }
 
 /// A constant softmax shift valid for every row of the decoder when one exists. With Q = K,
