@@ -256,9 +256,9 @@ namespace detail {
 /// One candidate of Marsaglia and Tsang's method for g ~ Gamma(a, 1), a >= 1 (ACM TOMS 26(3), 2000):
 /// with c = a - 1/3, a normal x and a uniform u, v = (1 + x / sqrt(9 c))^3 is accepted if v > 0 and
 /// either u < 1 - 0.0331 x^4 (the squeeze) or log u < x^2 / 2 + c (1 - v + log v); then
-/// chi = sqrt(2 c v). Returns false for a rejected candidate.
-inline bool chi_candidate(double c, double x, double u, double& chi) {
-  double v = 1.0 + x / std::sqrt(9.0 * c);
+/// chi = sqrt(2 c v). Returns false for a rejected candidate. `root` is sqrt(9 c) (chi_root(c)).
+inline bool chi_candidate(double c, double root, double x, double u, double& chi) {
+  double v = 1.0 + x / root;
   if (v <= 0.0) return false;
   v = v * v * v;
   const double x2 = x * x;
@@ -268,6 +268,12 @@ inline bool chi_candidate(double c, double x, double u, double& chi) {
   }
   return false;
 }
+
+/// sqrt(9 c), the divisor of chi_candidate.
+inline double chi_root(double c) { return std::sqrt(9.0 * c); }
+
+/// c = dof / 2 - 1/3, Marsaglia and Tsang's constant for chi(dof) (dof >= 2).
+inline double chi_constant(Index dof) { return 0.5 * static_cast<double>(dof) - 1.0 / 3.0; }
 
 }  // namespace detail
 
@@ -281,11 +287,11 @@ inline bool chi_candidate(double c, double x, double u, double& chi) {
 inline double draw_chi(SampleStream& stream, Index dof) {
   if (dof <= 0) return 0.0;
   if (dof == 1) return std::fabs(static_cast<double>(stream.next_normal()));
-  const double c = 0.5 * static_cast<double>(dof) - 1.0 / 3.0;
+  const double c = detail::chi_constant(dof), root = detail::chi_root(c);
   for (;;) {
     const double x = stream.next_normal();
     double chi;
-    if (detail::chi_candidate(c, x, stream.next_uniform(), chi)) return chi;
+    if (detail::chi_candidate(c, root, x, stream.next_uniform(), chi)) return chi;
   }
 }
 
@@ -293,7 +299,12 @@ inline double draw_chi(SampleStream& stream, Index dof) {
 /// of draw_chi, with the first candidates of all count variates read together (count normals in one
 /// read, then a uniform for each r with dof - r >= 2; for dof - r = 1 the normal's |x|), then each rejected variate redrawn in
 /// order of r as draw_chi draws (chi(0) = 0). \pre count >= 0; \pre `normals` holds count floats
-inline void draw_chi_diagonal(SampleStream& stream, Index dof, Index count, float* normals, double* chi) {
+///
+/// `roots`, if given, holds detail::chi_root(detail::chi_constant(dof - r)) for every r < count with
+/// dof - r >= 2 (computed once by a caller that draws many diagonals of one shape); otherwise each is
+/// computed here. The draws are the same either way.
+inline void draw_chi_diagonal(SampleStream& stream, Index dof, Index count, float* normals, double* chi,
+                              const double* roots = nullptr) {
   stream.fill_normal(normals, count);
   for (Index r = 0; r < count; ++r) {
     const Index k = dof - r;
@@ -302,7 +313,9 @@ inline void draw_chi_diagonal(SampleStream& stream, Index dof, Index count, floa
       chi[r] = k == 1 ? std::fabs(x) : 0.0;
       continue;
     }
-    if (!detail::chi_candidate(0.5 * static_cast<double>(k) - 1.0 / 3.0, x, stream.next_uniform(), chi[r])) chi[r] = -1;
+    const double c = detail::chi_constant(k);
+    if (!detail::chi_candidate(c, roots != nullptr ? roots[r] : detail::chi_root(c), x, stream.next_uniform(), chi[r]))
+      chi[r] = -1;
   }
   for (Index r = 0; r < count; ++r)
     if (chi[r] < 0) chi[r] = draw_chi(stream, dof - r);
