@@ -56,6 +56,29 @@ TEMPLATE_TEST_CASE("same seed, same bits for 1, 2 and 4 threads and on a repeate
   }
 }
 
+TEST_CASE("ExactSum's float grid: the largest admissible integers add up exactly across its flushes") {
+  // Bound 1 puts the float grid at 2^27 (kFloatBits): every admissible integer has |value| <= 2^27.
+  // 1000 samples of +2^27, -2^27 and 2^27 - 1 per entry must total exactly 1000 times each (an
+  // int32 block that went longer than 15 additions between flushes would wrap past 2^31 - 1). The
+  // totals are integers times 2^-27, exact in long double.
+  using maskpos::detail::ExactSum;
+  ExactSum sum(3, 1.0, maskpos::detail::SumGrid::Float);
+  REQUIRE(sum.scale() == std::ldexp(1.0, ExactSum::kFloatBits));
+  REQUIRE(sum.limit() == std::ldexp(1.0, ExactSum::kFloatBits));
+  const double largest = sum.limit();
+  constexpr int kSamples = 1000;
+  for (int b = 0; b < kSamples; ++b) {
+    sum.add_integer(0, largest);
+    sum.add_integer(1, -largest);
+    sum.add_integer(2, largest - 1);
+    sum.commit();
+  }
+  CHECK(sum.total(0) == static_cast<long double>(kSamples));
+  CHECK(sum.total(1) == -static_cast<long double>(kSamples));
+  CHECK(sum.total(2) == kSamples * (1.0L - std::ldexp(1.0L, -ExactSum::kFloatBits)));
+  CHECK(sum.count() == kSamples);
+}
+
 TEST_CASE("merged half-runs equal one full run, bit for bit, for any split") {
   DecoderConfig config;
   config.layers = 2;

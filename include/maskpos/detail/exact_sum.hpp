@@ -16,7 +16,7 @@ __extension__ typedef __int128 Int128;
 enum class SumGrid {
   /// 2^-(52 - kFlushLog2 - e) for |v| <= 2^e, blocks of doubles: for bound 1, 2^-41 ~ 4.5e-13.
   Double,
-  /// 2^-(27 - e), blocks of 32-bit integers flushed every 8 additions: for bound 1, 2^-27 ~ 7.5e-9,
+  /// 2^-(27 - e), blocks of 32-bit integers flushed every 15 additions: for bound 1, 2^-27 ~ 7.5e-9,
   /// at or below the float rounding of the values themselves (half an ulp of 1 is 6e-8), and 8 float
   /// values are rounded and added per AVX2 instruction instead of 4 doubles.
   Float
@@ -28,17 +28,17 @@ enum class SumGrid {
 /// integer round(v 2^q). Sums of such integers are exact while they cannot overflow the block:
 /// - SumGrid::Double: blocks are doubles, exact below 2^53; with |round(v 2^q)| <= 2^(52 - kFlushLog2)
 ///   and at most 2^kFlushLog2 additions between flushes, every partial sum is exact.
-/// - SumGrid::Float: blocks are int32; |round(v 2^q)| <= 2^27 and at most 8 additions between
-///   flushes keep every partial sum below 2^30.
+/// - SumGrid::Float: blocks are int32; |round(v 2^q)| <= 2^27 and at most 15 additions between
+///   flushes keep every partial sum within 15 x 2^27 < 2^31 - 1.
 /// Each flush moves the block into 128-bit integers (Float grid: into 64-bit integers, a vectorised
-/// loop, which move into the 128-bit ones every 2^32 flushes: |partial sums| < 2^30 2^32 = 2^62).
+/// loop, which move into the 128-bit ones every 2^32 flushes: |partial sums| < 2^31 2^32 = 2^63).
 /// Integer addition is associative, so any split
 /// of the samples (threads, processes, machines) gives identical bits.
 class ExactSum {
  public:
   static constexpr int kFlushLog2 = 11;       ///< Double grid: flush every 2048 additions
   static constexpr int kFloatBits = 27;       ///< Float grid: |integers| <= 2^27
-  static constexpr int kFloatFlushLog2 = 3;   ///< Float grid: flush every 8 additions
+  static constexpr int kFloatFlushEvery = 15;  ///< Float grid: flush every 15 additions (the most int32 allows)
 
   ExactSum() = default;
   /// \param size   number of entries
@@ -55,7 +55,7 @@ class ExactSum {
     grid_log2_ = bits - exponent;
     scale_ = std::ldexp(1.0, grid_log2_);
     limit_ = std::ldexp(1.0, bits);
-    flush_every_ = grid == SumGrid::Double ? (1 << kFlushLog2) : (1 << kFloatFlushLog2);
+    flush_every_ = grid == SumGrid::Double ? (1 << kFlushLog2) : kFloatFlushEvery;
     block_.assign(grid == SumGrid::Double ? static_cast<std::size_t>(size) : 0, 0.0);
     // 8 spare entries: a vectorised caller may add zeros past the last entry.
     block32_.assign(grid == SumGrid::Float ? static_cast<std::size_t>(size) + 8 : 0, 0);
