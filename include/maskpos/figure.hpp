@@ -305,21 +305,30 @@ inline std::vector<std::uint8_t> encode_rgb24_png(cairo_surface_t* surface) { re
 /// Attaches to an ARGB32 image surface whose pixels are opaque or fully transparent (so that
 /// premultiplied and straight alpha agree) its PNG file as CAIRO_MIME_TYPE_PNG data: the SVG backend
 /// then embeds those bytes instead of encoding the image itself, slowly (see encode_png).
-inline void attach_png(cairo_surface_t* image) {
-  cairo_surface_flush(image);
+/// The PNG file of ARGB32 words (opaque or fully transparent), rows `row_stride` bytes apart.
+inline std::vector<std::uint8_t> encode_argb32_png(const unsigned char* data, int width, int height, int row_stride) {
   const std::uint32_t probe = 0x01020304u;
   unsigned char first;
   std::memcpy(&first, &probe, 1);
   // ARGB32 words 0xAARRGGBB are the bytes B, G, R, A on little-endian machines, A, R, G, B on big-endian ones.
   const png_uint_32 format = first == 0x04 ? PNG_FORMAT_BGRA : PNG_FORMAT_ARGB;
-  auto* bytes = new std::vector<std::uint8_t>(encode_png(cairo_image_surface_get_data(image), cairo_image_surface_get_width(image),
-                                                         cairo_image_surface_get_height(image),
-                                                         cairo_image_surface_get_stride(image), format));
+  return encode_png(data, width, height, row_stride, format);
+}
+
+/// Attaches `png` (the image's PNG file, e.g. encoded ahead of time from its cell_pixels) as above.
+inline void attach_png(cairo_surface_t* image, std::vector<std::uint8_t> png) {
+  auto* bytes = new std::vector<std::uint8_t>(std::move(png));
   const cairo_status_t status = cairo_surface_set_mime_data(
       image, CAIRO_MIME_TYPE_PNG, bytes->data(), bytes->size(),
       [](void* owned) { delete static_cast<std::vector<std::uint8_t>*>(owned); }, bytes);
   if (status != CAIRO_STATUS_SUCCESS) delete bytes;
   check_cairo(status, "PNG mime data");
+}
+
+inline void attach_png(cairo_surface_t* image) {
+  cairo_surface_flush(image);
+  attach_png(image, encode_argb32_png(cairo_image_surface_get_data(image), cairo_image_surface_get_width(image),
+                                      cairo_image_surface_get_height(image), cairo_image_surface_get_stride(image)));
 }
 
 /// Most colour-bar ticks (matplotlib shows up to about 8 on a bar of this size).
@@ -494,17 +503,13 @@ inline FigureLayout layout_figure(cairo_t* context, const FigureGrid& grid, cons
   return layout;
 }
 
-/// An image surface of `rows x cols` blocks of `block x block` pixels, each block the colour of its
-/// cell (transparent when masked). Blocks larger than one pixel keep cells sharp in SVG viewers, which
-/// smooth embedded images when they scale them up.
-inline SurfacePtr cell_image(const Matrix<double>& values, Colormap colormap, double vmin, double vmax, int block = 1) {
+/// The pixels of cell_image: ARGB32 words, row-major, cols x block wide.
+inline std::vector<std::uint32_t> cell_pixels(const Matrix<double>& values, Colormap colormap, double vmin, double vmax,
+                                              int block = 1) {
   const int cols = static_cast<int>(values.cols());
   const int rows = static_cast<int>(values.rows());
-  SurfacePtr image(cairo_image_surface_create(CAIRO_FORMAT_ARGB32, cols * block, rows * block));
-  check_cairo(cairo_surface_status(image.get()), "cell image");
-  cairo_surface_flush(image.get());
-  unsigned char* data = cairo_image_surface_get_data(image.get());
-  const int stride = cairo_image_surface_get_stride(image.get());
+  const int width = cols * block;
+  std::vector<std::uint32_t> pixels(static_cast<std::size_t>(width) * static_cast<std::size_t>(rows * block));
   const auto to_byte = [](double channel) {
     return static_cast<std::uint32_t>(std::lround(std::clamp(channel, 0.0, 1.0) * 255.0));
   };
@@ -521,12 +526,35 @@ inline SurfacePtr cell_image(const Matrix<double>& values, Colormap colormap, do
       colour = 0xFF000000u | (to_byte(rgb[0]) << 16) | (to_byte(rgb[1]) << 8) | to_byte(rgb[2]);
     }
     for (int y = i * block; y < (i + 1) * block; ++y) {
-      auto* row = reinterpret_cast<std::uint32_t*>(data + static_cast<std::ptrdiff_t>(y) * stride);
-      for (int x = 0; x < cols * block; ++x) row[x] = colours[static_cast<std::size_t>(x / block)];
+      std::uint32_t* row = pixels.data() + static_cast<std::ptrdiff_t>(y) * width;
+      for (int x = 0; x < width; ++x) row[x] = colours[static_cast<std::size_t>(x / block)];
     }
   }
+  return pixels;
+}
+
+/// An image surface of `rows x cols` blocks of `block x block` pixels, each block the colour of its
+/// cell (transparent when masked). Blocks larger than one pixel keep cells sharp in SVG viewers, which
+/// smooth embedded images when they scale them up.
+inline SurfacePtr cell_image(const Matrix<double>& values, Colormap colormap, double vmin, double vmax, int block = 1) {
+  const int width = static_cast<int>(values.cols()) * block, height = static_cast<int>(values.rows()) * block;
+  const std::vector<std::uint32_t> pixels = cell_pixels(values, colormap, vmin, vmax, block);
+  SurfacePtr image(cairo_image_surface_create(CAIRO_FORMAT_ARGB32, width, height));
+  check_cairo(cairo_surface_status(image.get()), "cell image");
+  cairo_surface_flush(image.get());
+  unsigned char* data = cairo_image_surface_get_data(image.get());
+  const int stride = cairo_image_surface_get_stride(image.get());
+  for (int y = 0; y < height; ++y)
+    std::memcpy(data + static_cast<std::ptrdiff_t>(y) * stride, pixels.data() + static_cast<std::ptrdiff_t>(y) * width,
+                static_cast<std::size_t>(width) * sizeof(std::uint32_t));
   cairo_surface_mark_dirty(image.get());
   return image;
+}
+
+/// The block size of a panel's cells in vector output: about 512 pixels across the panel.
+inline int vector_block(const HeatmapPanel& panel) {
+  const Index longer = std::max(panel.values.rows(), panel.values.cols());
+  return static_cast<int>(std::clamp<Index>((512 + longer - 1) / longer, 1, 64));
 }
 
 /// Paints `image` stretched over `rect` without smoothing (one flat square per cell).
@@ -561,15 +589,19 @@ inline void line(cairo_t* context, double x0, double y0, double x1, double y1) {
 /// Draws one panel: cells, frame, position ticks and labels, title, axis labels, colour bar.
 /// \param vector true for SVG / PDF: cells are then embedded as blocks of pixels (about 512 pixels
 ///        across the panel), so that viewers that smooth images still show sharp cells.
+/// \param cell_png for vector output, the cells' PNG file if encoded ahead (vector_cell_pngs), or null.
 inline void draw_panel(cairo_t* context, const HeatmapPanel& panel, const PanelLayout& placed,
-                       const FigureOptions& options, const FigureStyle& style, bool vector) {
+                       const FigureOptions& options, const FigureStyle& style, bool vector,
+                       std::vector<std::uint8_t>* cell_png = nullptr) {
   const Rect& heatmap = placed.heatmap;
   const Index rows = panel.values.rows();
   const Index cols = panel.values.cols();
-  const Index longer = std::max(rows, cols);
-  const int block = vector ? static_cast<int>(std::clamp<Index>((512 + longer - 1) / longer, 1, 64)) : 1;
+  const int block = vector ? vector_block(panel) : 1;
   SurfacePtr cells = cell_image(panel.values, panel.colormap, placed.vmin, placed.vmax, block);
-  if (vector) attach_png(cells.get());
+  if (vector) {
+    if (cell_png != nullptr) attach_png(cells.get(), std::move(*cell_png));
+    else attach_png(cells.get());
+  }
   paint_image(context, cells.get(), heatmap, CAIRO_FILTER_NEAREST, CAIRO_EXTEND_NONE);
 
   cairo_set_source_rgb(context, 0.0, 0.0, 0.0);
@@ -630,8 +662,12 @@ inline void draw_panel(cairo_t* context, const HeatmapPanel& panel, const PanelL
 }
 
 /// Draws the whole figure in points onto `context` (already scaled for the surface).
+/// \param cell_pngs for vector output, the panels' cell PNG files in grid order (vector_cell_pngs),
+///        consumed; or null to encode them while drawing.
 inline void draw_figure(cairo_t* context, const FigureGrid& grid, const FigureLayout& layout,
-                        const FigureOptions& options, bool vector) {
+                        const FigureOptions& options, bool vector,
+                        std::vector<std::vector<std::uint8_t>>* cell_pngs = nullptr) {
+  std::size_t panel_index = 0;
   const FigureStyle style(options);
   set_font_options(context);
   cairo_set_source_rgb(context, 1.0, 1.0, 1.0);
@@ -640,7 +676,8 @@ inline void draw_figure(cairo_t* context, const FigureGrid& grid, const FigureLa
   cairo_set_line_join(context, CAIRO_LINE_JOIN_MITER);
   for (std::size_t r = 0; r < grid.rows.size(); ++r)
     for (std::size_t c = 0; c < grid.rows[r].size(); ++c)
-      draw_panel(context, grid.rows[r][c], layout.panels[r][c], options, style, vector);
+      draw_panel(context, grid.rows[r][c], layout.panels[r][c], options, style, vector,
+                 cell_pngs != nullptr ? &(*cell_pngs)[panel_index++] : nullptr);
   cairo_set_source_rgb(context, 0.0, 0.0, 0.0);
   if (!grid.title.empty()) {
     set_font(context, options, style.figure_title_font, FontWeight::Normal);
@@ -688,8 +725,28 @@ struct DrawnFigure {
   std::vector<std::uint8_t> bytes;
 };
 
+/// The PNG files draw_panel attaches to the panels' cell images in vector output, in grid order:
+/// computed from cell_pixels without cairo, so they can be encoded on another thread while cairo
+/// draws on this one.
+inline std::vector<std::vector<std::uint8_t>> vector_cell_pngs(const FigureGrid& grid, const FigureLayout& layout) {
+  std::vector<std::vector<std::uint8_t>> pngs;
+  for (std::size_t r = 0; r < grid.rows.size(); ++r)
+    for (std::size_t c = 0; c < grid.rows[r].size(); ++c) {
+      const HeatmapPanel& panel = grid.rows[r][c];
+      const PanelLayout& placed = layout.panels[r][c];
+      const int block = vector_block(panel);
+      const std::vector<std::uint32_t> pixels = cell_pixels(panel.values, panel.colormap, placed.vmin, placed.vmax, block);
+      const int width = static_cast<int>(panel.values.cols()) * block;
+      pngs.push_back(encode_argb32_png(reinterpret_cast<const unsigned char*>(pixels.data()), width,
+                                       static_cast<int>(panel.values.rows()) * block, width * 4));
+    }
+  return pngs;
+}
+
+/// \param cell_pngs vector formats: see draw_figure.
 inline DrawnFigure draw_for_format(const FigureGrid& grid, FigureFormat format, const FigureLayout& layout,
-                                   const FigureOptions& options) {
+                                   const FigureOptions& options,
+                                   std::vector<std::vector<std::uint8_t>>* cell_pngs = nullptr) {
   DrawnFigure drawn;
   if (format == FigureFormat::Png) {
     drawn.raster.reset(cairo_image_surface_create(CAIRO_FORMAT_RGB24, layout.png_width, layout.png_height));
@@ -706,7 +763,7 @@ inline DrawnFigure draw_for_format(const FigureGrid& grid, FigureFormat format, 
   check_cairo(cairo_surface_status(surface.get()), "vector surface");
   {
     ContextPtr context(cairo_create(surface.get()));
-    draw_figure(context.get(), grid, layout, options, true);
+    draw_figure(context.get(), grid, layout, options, true, cell_pngs);
     check_cairo(cairo_status(context.get()), "drawing");
   }
   cairo_surface_finish(surface.get());
@@ -737,10 +794,12 @@ inline void save_figure(const FigureGrid& grid, const std::string& path, const F
 }
 
 /// save_figure for several files of the same figure (e.g. figure.png and figure.svg), faster: the
-/// figures are drawn one after the other on this thread, while each PNG is encoded (libpng, most of
-/// a PNG's time) on a thread of its own. Every file is byte-identical to what save_figure writes:
-/// cairo, which numbers its surfaces process-wide (the SVG's image ids), runs on this thread only.
-/// Nothing is written until every file is drawn and encoded; each is then written atomically.
+/// figures are drawn one after the other on this thread, while the PNG encodings (libpng, most of a
+/// PNG's time) run on other threads: each raster PNG once it is drawn, and the cell images the
+/// vector files embed before anything is drawn. Every file is byte-identical to what save_figure
+/// writes: cairo, which numbers its surfaces process-wide (the SVG's image ids), runs on this
+/// thread only. Nothing is written until every file is drawn and encoded; each is then written
+/// atomically.
 /// \pre as for save_figure, for every path (checked before anything is drawn).
 inline void save_figures(const FigureGrid& grid, const std::vector<std::string>& paths, const FigureOptions& options = {}) {
   std::vector<FigureFormat> formats;
@@ -750,8 +809,13 @@ inline void save_figures(const FigureGrid& grid, const std::vector<std::string>&
   // when an exception leaves early), and the surfaces must outlive the threads reading them.
   std::vector<detail::DrawnFigure> drawn(paths.size());
   std::vector<std::future<std::vector<std::uint8_t>>> encoded(paths.size());
+  std::future<std::vector<std::vector<std::uint8_t>>> cells;
+  if (std::any_of(formats.begin(), formats.end(), [](FigureFormat format) { return format != FigureFormat::Png; }))
+    cells = std::async(std::launch::async, [&grid, &layout] { return detail::vector_cell_pngs(grid, layout); });
   for (std::size_t f = 0; f < paths.size(); ++f) {
-    drawn[f] = detail::draw_for_format(grid, formats[f], layout, options);
+    std::vector<std::vector<std::uint8_t>> cell_pngs;
+    if (formats[f] != FigureFormat::Png) cell_pngs = cells.valid() ? cells.get() : detail::vector_cell_pngs(grid, layout);
+    drawn[f] = detail::draw_for_format(grid, formats[f], layout, options, cell_pngs.empty() ? nullptr : &cell_pngs);
     if (drawn[f].raster) {
       const detail::Rgb24Pixels pixels = detail::rgb24_pixels(drawn[f].raster.get());
       encoded[f] = std::async(std::launch::async, [pixels] { return detail::encode_rgb24_png(pixels); });
