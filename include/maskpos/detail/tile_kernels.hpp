@@ -214,9 +214,10 @@ EIGEN_ALWAYS_INLINE void lane_totals(const PacketOf<Scalar> (&sums)[Rows], Scala
 #endif
     for (int r = 0; r < Rows; ++r) block.packet[r] = sums[r];
     transpose_inline(block);  // lane r of packet t = lane t of sums[r]
-    PacketOf<Scalar> total = block.packet[0];
-    for (int t = 1; t < P; ++t) total = padd(total, block.packet[t]);
-    pstore(totals, total);
+    // A pairwise tree: log2(P) dependent additions instead of P - 1.
+    for (int width = P / 2; width >= 1; width /= 2)
+      for (int t = 0; t < width; ++t) block.packet[t] = padd(block.packet[t], block.packet[t + width]);
+    pstore(totals, block.packet[0]);
   } else {
     for (int r = 0; r < Rows; ++r) totals[r] = predux(sums[r]);
   }
