@@ -219,13 +219,13 @@ class DecoderKernel {
     }
     // The support of each row and, per column packet, the first row that reaches it.
     support_.assign(static_cast<std::size_t>(seq_len), width_);
-    triangular_ = frame && no_later_keys;
-    if (triangular_)
+    const bool triangular = frame && no_later_keys;  // rows keep their frame's support through a layer
+    if (triangular)
       for (Index j = 0; j < seq_len; ++j) support_[static_cast<std::size_t>(j)] = frame->support(j);
     // Rows [0, triangle_end_) are shorter than the frame (the tall tiles' part; beyond it rows are
     // full width, where kRows x 3 tiles are faster).
     triangle_end_ = 0;
-    while (triangular_ && triangle_end_ < seq_len && support_[static_cast<std::size_t>(triangle_end_)] < width_) ++triangle_end_;
+    while (triangular && triangle_end_ < seq_len && support_[static_cast<std::size_t>(triangle_end_)] < width_) ++triangle_end_;
     packet_first_key_.assign(static_cast<std::size_t>(cols_ / P), 0);
     for (Index c = 0; c < cols_ / P; ++c) {
       Index j = 0;
@@ -279,11 +279,10 @@ class DecoderKernel {
     }
     transpose_keys(*query);
     // Where rows are triangular (rows < triangle_end_), narrower and taller tiles follow the triangle
-    // more closely: scores
-    // in one-packet tiles of kScoreRows rows (each runs exactly as deep as its own key packet
-    // needs), the update in two-packet tiles of kUpdateRows rows (12 accumulators). The rest, and
-    // dense rows, in kRows x 3 tiles. (Measured with mc_paper, single thread: each beat kRows x 3
-    // and the other shapes tried; docs/performance.md.)
+    // more closely: scores in one-packet tiles of kScoreRows rows (each runs exactly as deep as its
+    // own key packet needs), the update in two-packet tiles of kUpdateRows rows (12 accumulators).
+    // The rest, and dense rows, in kRows x 3 tiles. (Measured with mc_paper, single thread: each beat
+    // kRows x 3 and the other shapes tried; docs/performance.md.)
     Index first = 0;
     for (; triangle_end_ - first >= kScoreRows; first += kScoreRows) score_block<kScoreRows, 1>(*query, first);
     in_row_blocks(first, [&](auto rows, Index at) { score_block<decltype(rows)::value, 3>(*query, at); });
@@ -561,8 +560,7 @@ class DecoderKernel {
   RowMatrix transposed_;  ///< the keys transposed (cols_ x rows_): normalized_^T, or rotated_^T with RoPE
   PacketOf<Scalar> last_columns_;  ///< lanes of the last column packet that hold columns < d
   std::vector<Index> key_begin_, key_end_;
-  bool triangular_ = false;              ///< rows have their frame's support (not all width_)
-  Index triangle_end_ = 0;               ///< rows before it are shorter than width_ (triangular_ only)
+  Index triangle_end_ = 0;               ///< rows before it are shorter than width_ (0 unless triangular)
   std::vector<Index> support_;           ///< columns of row j that can be non-zero (width_ for dense rows)
   std::vector<Index> packet_first_key_;  ///< per column packet, the first key row non-zero in it
   mutable Matrix<Scalar> scores_cache_, probs_cache_;
