@@ -161,6 +161,15 @@ class MonteCarloAccumulator {
                       const Scalar* row_scale = nullptr) {
     const std::size_t l = static_cast<std::size_t>(layer);
     detail::ExactSum &score_sum = score_sum_[l], &square_sum = score_square_sum_[l], &prob_sum = prob_sum_[l];
+    if constexpr (std::is_same_v<Scalar, float>) {
+      if (score_sum.grid() == SumGrid::Float) {
+        add_rows_float(scores, probs, row_stride, row_scale, score_sum, square_sum, prob_sum);
+        score_sum.commit();
+        square_sum.commit();
+        prob_sum.commit();
+        return;
+      }
+    }
     for (Index i = 0; i < seq_len_; ++i) {
       const RowRange range = rows_[static_cast<std::size_t>(i)];
       const Scalar* score_row = scores + i * row_stride + range.begin;
@@ -169,8 +178,6 @@ class MonteCarloAccumulator {
       const Scalar factor = row_scale != nullptr ? row_scale[i] : Scalar(1);  // p * 1 = p exactly
       if (score_sum.grid() == SumGrid::Double) {
         add_row_double(score_row, prob_row, factor, n, range.offset, score_sum, square_sum, prob_sum);
-      } else if constexpr (std::is_same_v<Scalar, float>) {
-        add_row_float(score_row, prob_row, factor, n, range.offset, score_sum, square_sum, prob_sum);
       } else {
         for (Index k = 0; k < n; ++k) {
           const double s = static_cast<double>(score_row[k]);
@@ -280,58 +287,70 @@ class MonteCarloAccumulator {
   /// Float grid for float values: v 2^q is exact in float (a power-of-two scale) and rounded to the
   /// nearest int32 (ties to even; with AVX2 eight at a time), the squared score is the float product
   /// s * s. Values out of range (or NaN) are skipped one by one.
-  static void add_row_float(const float* score_row, const float* prob_row, float factor, Index n, Index offset,
-                            detail::ExactSum& score_sum, detail::ExactSum& square_sum, detail::ExactSum& prob_sum) {
-    std::int32_t* const s_out = score_sum.block32() + offset;
-    std::int32_t* const q_out = square_sum.block32() + offset;
-    std::int32_t* const p_out = prob_sum.block32() + offset;
+  void add_rows_float(const float* scores, const float* probs, Index row_stride, const float* row_scale,
+                      detail::ExactSum& score_sum, detail::ExactSum& square_sum, detail::ExactSum& prob_sum) const {
+    // The constants once per layer, then every row (each row's set-up used to be a call of its own).
     const float score_scale = static_cast<float>(score_sum.scale()), square_scale = static_cast<float>(square_sum.scale()),
                 prob_scale = static_cast<float>(prob_sum.scale());
     const float limit = static_cast<float>(score_sum.limit());  // 2^27 for every Float-grid sum
-    Index k = 0;
 #if defined(__AVX2__)
     const __m256 scale_s = _mm256_set1_ps(score_scale), scale_q = _mm256_set1_ps(square_scale),
-                 scale_p = _mm256_set1_ps(prob_scale), bound = _mm256_set1_ps(limit), row_factor = _mm256_set1_ps(factor);
+                 scale_p = _mm256_set1_ps(prob_scale), bound = _mm256_set1_ps(limit);
     const __m256 magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    for (; k < n; k += 8) {
-      // Whole packets load plainly; the last one of a row only its n - k valid lanes (the others
-      // read as 0 and add 0 to the row's padding).
-      __m256 s, p;
-      if (n - k >= 8) {
-        s = _mm256_loadu_ps(score_row + k);
-        p = _mm256_loadu_ps(prob_row + k);
-      } else {
-        const __m256i valid = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n - k)), lanes);
-        s = _mm256_maskload_ps(score_row + k, valid);
-        p = _mm256_maskload_ps(prob_row + k, valid);
-      }
-      const __m256 qs = _mm256_mul_ps(s, scale_s), qq = _mm256_mul_ps(_mm256_mul_ps(s, s), scale_q),
-                   qp = _mm256_mul_ps(_mm256_mul_ps(p, row_factor), scale_p);
-      const __m256 ok = _mm256_and_ps(
-          _mm256_and_ps(_mm256_cmp_ps(_mm256_and_ps(qs, magnitude), bound, _CMP_LE_OQ), _mm256_cmp_ps(qq, bound, _CMP_LE_OQ)),
-          _mm256_cmp_ps(_mm256_and_ps(qp, magnitude), bound, _CMP_LE_OQ));
-      if (_mm256_movemask_ps(ok) != 0xff) break;  // the scalar loop below handles the rest of the row
-      auto add = [](std::int32_t* out, __m256 value) {  // aligned: rows start at multiples of 8 entries
-        __m256i* at = reinterpret_cast<__m256i*>(out);
-        _mm256_store_si256(at, _mm256_add_epi32(_mm256_load_si256(at), _mm256_cvtps_epi32(value)));
-      };
-      add(s_out + k, qs);
-      add(q_out + k, qq);
-      add(p_out + k, qp);
-    }
 #endif
-    for (; k < n; ++k) {
-      const float s = score_row[k];
-      const float qs = s * score_scale, qq = (s * s) * square_scale, qp = (prob_row[k] * factor) * prob_scale;
-      if (std::fabs(qs) <= limit) s_out[k] += static_cast<std::int32_t>(std::nearbyint(qs));
-      else score_sum.skip(1);
-      if (qq <= limit) q_out[k] += static_cast<std::int32_t>(std::nearbyint(qq));
-      else square_sum.skip(1);
-      if (std::fabs(qp) <= limit) p_out[k] += static_cast<std::int32_t>(std::nearbyint(qp));
-      else prob_sum.skip(1);
+    for (Index i = 0; i < seq_len_; ++i) {
+      const RowRange range = rows_[static_cast<std::size_t>(i)];
+      const float* const score_row = scores + i * row_stride + range.begin;
+      const float* const prob_row = probs + i * row_stride + range.begin;
+      const Index n = range.end - range.begin;
+      const float factor = row_scale != nullptr ? row_scale[i] : 1.0f;  // p * 1 = p exactly
+      std::int32_t* const s_out = score_sum.block32() + range.offset;
+      std::int32_t* const q_out = square_sum.block32() + range.offset;
+      std::int32_t* const p_out = prob_sum.block32() + range.offset;
+      Index k = 0;
+#if defined(__AVX2__)
+      const __m256 row_factor = _mm256_set1_ps(factor);
+      for (; k < n; k += 8) {
+        // Whole packets load plainly; the last one of a row only its n - k valid lanes (the others
+        // read as 0 and add 0 to the row's padding).
+        __m256 s, p;
+        if (n - k >= 8) {
+          s = _mm256_loadu_ps(score_row + k);
+          p = _mm256_loadu_ps(prob_row + k);
+        } else {
+          const __m256i valid = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n - k)), lanes);
+          s = _mm256_maskload_ps(score_row + k, valid);
+          p = _mm256_maskload_ps(prob_row + k, valid);
+        }
+        const __m256 qs = _mm256_mul_ps(s, scale_s), qq = _mm256_mul_ps(_mm256_mul_ps(s, s), scale_q),
+                     qp = _mm256_mul_ps(_mm256_mul_ps(p, row_factor), scale_p);
+        const __m256 ok = _mm256_and_ps(
+            _mm256_and_ps(_mm256_cmp_ps(_mm256_and_ps(qs, magnitude), bound, _CMP_LE_OQ), _mm256_cmp_ps(qq, bound, _CMP_LE_OQ)),
+            _mm256_cmp_ps(_mm256_and_ps(qp, magnitude), bound, _CMP_LE_OQ));
+        if (_mm256_movemask_ps(ok) != 0xff) break;  // the scalar loop below handles the rest of the row
+        auto add = [](std::int32_t* out, __m256 value) {  // aligned: rows start at multiples of 8 entries
+          __m256i* at = reinterpret_cast<__m256i*>(out);
+          _mm256_store_si256(at, _mm256_add_epi32(_mm256_load_si256(at), _mm256_cvtps_epi32(value)));
+        };
+        add(s_out + k, qs);
+        add(q_out + k, qq);
+        add(p_out + k, qp);
+      }
+#endif
+      for (; k < n; ++k) {
+        const float s = score_row[k];
+        const float qs = s * score_scale, qq = (s * s) * square_scale, qp = (prob_row[k] * factor) * prob_scale;
+        if (std::fabs(qs) <= limit) s_out[k] += static_cast<std::int32_t>(std::nearbyint(qs));
+        else score_sum.skip(1);
+        if (qq <= limit) q_out[k] += static_cast<std::int32_t>(std::nearbyint(qq));
+        else square_sum.skip(1);
+        if (std::fabs(qp) <= limit) p_out[k] += static_cast<std::int32_t>(std::nearbyint(qp));
+        else prob_sum.skip(1);
+      }
     }
   }
+
 
   struct RowRange {
     Index begin, end, offset;  ///< visible keys [begin, end) of a row, stored from `offset` on
