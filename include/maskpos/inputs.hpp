@@ -203,8 +203,9 @@ class InputGenerator {
   /// direction (0 < alpha), where n = S + lead vectors are drawn (1 when alpha = 1) in d' = d
   /// dimensions, or d - 1 with drop_mean. \pre Gaussian inputs
   TriangularFrame triangular_frame(bool drop_mean) const {
-    detail::require(spec_.kind == InputKind::Gaussian, "input kind", to_string(spec_.kind),
-                    "gaussian for the triangular frame");
+    // (The checks on this per-sample path build their messages only when they fail.)
+    if (spec_.kind != InputKind::Gaussian)
+      detail::throw_invalid("input kind", to_string(spec_.kind), "gaussian for the triangular frame");
     return {std::max<Index>(1, std::min(drawn_vectors(), frame_dimensions(drop_mean))), spec_.alpha > 0 ? 1 : 0};
   }
 
@@ -235,9 +236,9 @@ class InputGenerator {
     const Index S = spec_.seq_len, w = frame.width, lead = frame.lead;
     const Index drawn = drawn_vectors(), dof = frame_dimensions(drop_mean);
     const Index diagonal = std::min(drawn, w);
-    detail::require(rows.rows() == S && rows.cols() == w, "frame rows shape",
-                    std::to_string(rows.rows()) + " x " + std::to_string(rows.cols()),
-                    "S x width = " + std::to_string(S) + " x " + std::to_string(w));
+    if (rows.rows() != S || rows.cols() != w)
+      detail::throw_invalid("frame rows shape", std::to_string(rows.rows()) + " x " + std::to_string(rows.cols()),
+                            "S x width = " + std::to_string(S) + " x " + std::to_string(w));
     if (dof == 0) {  // d = 1 with drop_mean: nothing is orthogonal to 1
       rows.setZero();
       return;
