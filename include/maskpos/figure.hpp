@@ -264,10 +264,6 @@ inline std::vector<std::uint8_t> encode_png(const unsigned char* pixels, int wid
   return bytes;
 }
 
-/// The PNG file of an RGB24 image surface (an RGB PNG, see encode_png). The pixels are packed to 8-bit
-/// B, G, R in place first, so the surface is spent.
-inline std::vector<std::uint8_t> encode_rgb24_png(cairo_surface_t* surface);
-
 /// A flushed RGB24 image surface's pixels: what encode_rgb24_png needs without calling cairo.
 struct Rgb24Pixels {
   unsigned char* data;
@@ -280,8 +276,9 @@ inline Rgb24Pixels rgb24_pixels(cairo_surface_t* surface) {
           cairo_image_surface_get_height(surface), cairo_image_surface_get_stride(surface)};
 }
 
-/// encode_rgb24_png on pixels taken from the surface beforehand (no cairo call: safe on another
-/// thread while this one draws with cairo).
+/// The PNG file of an RGB24 image surface's pixels (an RGB PNG, see encode_png), taken from the
+/// surface beforehand: no cairo call, so it may run on another thread while this one draws with
+/// cairo. The pixels are packed to 8-bit B, G, R in place first, so the surface is spent.
 inline std::vector<std::uint8_t> encode_rgb24_png(const Rgb24Pixels& pixels) {
   unsigned char* const data = pixels.data;
   const int width = pixels.width, height = pixels.height, stride = pixels.stride;
@@ -300,12 +297,11 @@ inline std::vector<std::uint8_t> encode_rgb24_png(const Rgb24Pixels& pixels) {
   return encode_png(data, width, height, stride, PNG_FORMAT_BGR);
 }
 
+/// The same from the surface itself.
 inline std::vector<std::uint8_t> encode_rgb24_png(cairo_surface_t* surface) { return encode_rgb24_png(rgb24_pixels(surface)); }
 
-/// Attaches to an ARGB32 image surface whose pixels are opaque or fully transparent (so that
-/// premultiplied and straight alpha agree) its PNG file as CAIRO_MIME_TYPE_PNG data: the SVG backend
-/// then embeds those bytes instead of encoding the image itself, slowly (see encode_png).
-/// The PNG file of ARGB32 words (opaque or fully transparent), rows `row_stride` bytes apart.
+/// The PNG file of ARGB32 words that are opaque or fully transparent (so that premultiplied and
+/// straight alpha agree), rows `row_stride` bytes apart.
 inline std::vector<std::uint8_t> encode_argb32_png(const unsigned char* data, int width, int height, int row_stride) {
   const std::uint32_t probe = 0x01020304u;
   unsigned char first;
@@ -315,7 +311,9 @@ inline std::vector<std::uint8_t> encode_argb32_png(const unsigned char* data, in
   return encode_png(data, width, height, row_stride, format);
 }
 
-/// Attaches `png` (the image's PNG file, e.g. encoded ahead of time from its cell_pixels) as above.
+/// Attaches to an ARGB32 image surface its PNG file `png` (encode_argb32_png of its pixels, e.g.
+/// encoded ahead of time from cell_pixels) as CAIRO_MIME_TYPE_PNG data: the SVG backend then embeds
+/// those bytes instead of encoding the image itself, slowly (see encode_png).
 inline void attach_png(cairo_surface_t* image, std::vector<std::uint8_t> png) {
   auto* bytes = new std::vector<std::uint8_t>(std::move(png));
   const cairo_status_t status = cairo_surface_set_mime_data(
@@ -325,6 +323,7 @@ inline void attach_png(cairo_surface_t* image, std::vector<std::uint8_t> png) {
   check_cairo(status, "PNG mime data");
 }
 
+/// The same, encoding the surface's own pixels.
 inline void attach_png(cairo_surface_t* image) {
   cairo_surface_flush(image);
   attach_png(image, encode_argb32_png(cairo_image_surface_get_data(image), cairo_image_surface_get_width(image),
@@ -589,7 +588,7 @@ inline void line(cairo_t* context, double x0, double y0, double x1, double y1) {
 /// Draws one panel: cells, frame, position ticks and labels, title, axis labels, colour bar.
 /// \param vector true for SVG / PDF: cells are then embedded as blocks of pixels (about 512 pixels
 ///        across the panel), so that viewers that smooth images still show sharp cells.
-/// \param cell_png for vector output, the cells' PNG file if encoded ahead (vector_cell_pngs), or null.
+/// \param cell_png for vector output, the cells' PNG file (vector_cell_pngs), consumed; unused otherwise.
 inline void draw_panel(cairo_t* context, const HeatmapPanel& panel, const PanelLayout& placed,
                        const FigureOptions& options, const FigureStyle& style, bool vector,
                        std::vector<std::uint8_t>* cell_png = nullptr) {
@@ -598,10 +597,7 @@ inline void draw_panel(cairo_t* context, const HeatmapPanel& panel, const PanelL
   const Index cols = panel.values.cols();
   const int block = vector ? vector_block(panel) : 1;
   SurfacePtr cells = cell_image(panel.values, panel.colormap, placed.vmin, placed.vmax, block);
-  if (vector) {
-    if (cell_png != nullptr) attach_png(cells.get(), std::move(*cell_png));
-    else attach_png(cells.get());
-  }
+  if (vector) attach_png(cells.get(), std::move(*cell_png));
   paint_image(context, cells.get(), heatmap, CAIRO_FILTER_NEAREST, CAIRO_EXTEND_NONE);
 
   cairo_set_source_rgb(context, 0.0, 0.0, 0.0);
@@ -663,7 +659,7 @@ inline void draw_panel(cairo_t* context, const HeatmapPanel& panel, const PanelL
 
 /// Draws the whole figure in points onto `context` (already scaled for the surface).
 /// \param cell_pngs for vector output, the panels' cell PNG files in grid order (vector_cell_pngs),
-///        consumed; or null to encode them while drawing.
+///        consumed; null for raster output.
 inline void draw_figure(cairo_t* context, const FigureGrid& grid, const FigureLayout& layout,
                         const FigureOptions& options, bool vector,
                         std::vector<std::vector<std::uint8_t>>* cell_pngs = nullptr) {
@@ -747,7 +743,8 @@ inline std::vector<std::vector<std::uint8_t>> vector_cell_pngs(const FigureGrid&
   return pngs;
 }
 
-/// \param cell_pngs vector formats: see draw_figure.
+/// \param cell_pngs vector formats: the panels' cell PNG files (vector_cell_pngs) if encoded ahead,
+///        consumed; null to encode them here.
 inline DrawnFigure draw_for_format(const FigureGrid& grid, FigureFormat format, const FigureLayout& layout,
                                    const FigureOptions& options,
                                    std::vector<std::vector<std::uint8_t>>* cell_pngs = nullptr) {
@@ -760,6 +757,11 @@ inline DrawnFigure draw_for_format(const FigureGrid& grid, FigureFormat format, 
     draw_figure(context.get(), grid, layout, options, false);
     check_cairo(cairo_status(context.get()), "drawing");
     return drawn;
+  }
+  std::vector<std::vector<std::uint8_t>> own_cell_pngs;
+  if (cell_pngs == nullptr) {
+    own_cell_pngs = vector_cell_pngs(grid, layout);
+    cell_pngs = &own_cell_pngs;
   }
   SurfacePtr surface(format == FigureFormat::Svg
                          ? cairo_svg_surface_create_for_stream(append_to_buffer, &drawn.bytes, layout.width, layout.height)
@@ -822,8 +824,7 @@ inline void save_figures(const FigureGrid& grid, const std::vector<std::string>&
       cell_parts.push_back(std::async(std::launch::async, [&grid, &layout, part] {
         return detail::vector_cell_pngs(grid, layout, part, kCellParts);
       }));
-  const auto take_cells = [&] {
-    if (cell_parts.empty()) return detail::vector_cell_pngs(grid, layout);
+  const auto take_cells = [&] {  // \pre !cell_parts.empty()
     std::vector<std::vector<std::uint8_t>> pngs = cell_parts[0].get();
     for (std::size_t part = 1; part < cell_parts.size(); ++part) {
       std::vector<std::vector<std::uint8_t>> more = cell_parts[part].get();
@@ -833,8 +834,9 @@ inline void save_figures(const FigureGrid& grid, const std::vector<std::string>&
     return pngs;
   };
   for (std::size_t f = 0; f < paths.size(); ++f) {
+    // The first vector file takes the cells encoded ahead; any further one encodes its own.
     std::vector<std::vector<std::uint8_t>> cell_pngs;
-    if (formats[f] != FigureFormat::Png) cell_pngs = take_cells();
+    if (formats[f] != FigureFormat::Png && !cell_parts.empty()) cell_pngs = take_cells();
     drawn[f] = detail::draw_for_format(grid, formats[f], layout, options, cell_pngs.empty() ? nullptr : &cell_pngs);
     if (drawn[f].raster) {
       const detail::Rgb24Pixels pixels = detail::rgb24_pixels(drawn[f].raster.get());

@@ -351,7 +351,6 @@ class MonteCarloAccumulator {
     }
   }
 
-
   struct RowRange {
     Index begin, end, offset;  ///< visible keys [begin, end) of a row, stored from `offset` on
   };
