@@ -429,8 +429,8 @@ class DecoderKernel {
     if constexpr (Rows == P && P > 1) {  // the factors of a packet of rows at once
       const Packet totals = pload<Packet>(factor);
       Packet divisor = pset1<Packet>(Scalar(1));
-      if (config_.norm == Norm::L2) divisor = pmax(psqrt(totals), pset1<Packet>(eps));
-      else if (scaled) divisor = psqrt(padd(pmul(totals, pset1<Packet>(inv_dim)), pset1<Packet>(eps)));
+      if (config_.norm == Norm::L2) divisor = pmax(sqrt_packet(totals), pset1<Packet>(eps));
+      else if (scaled) divisor = sqrt_packet(padd(pmul(totals, pset1<Packet>(inv_dim)), pset1<Packet>(eps)));
       const Packet positive = pcmp_lt(pset1<Packet>(Scalar(0)), divisor);
       pstore(factor, pand(positive, pdiv(pset1<Packet>(Scalar(1)), divisor)));
     } else {

@@ -17,6 +17,7 @@
 #endif
 
 #include "detail/errors.hpp"
+#include "detail/packet_math.hpp"
 #include "types.hpp"
 
 namespace maskpos {
@@ -99,7 +100,8 @@ inline void philox4x32_10_lanes(std::uint32_t c0, std::uint32_t c1, std::uint32_
 /// uses words 0 (radius) and 1 (angle), pair b words 2 and 3.
 ///
 /// Radius: u = (2 (w >> 9) + 1) 2^-24 is exact in float and lies in [2^-24, 1 - 2^-24], so
-/// r = sqrt(-2 ln u) <= sqrt(48 ln 2) = 5.77 (P(R > 5.77) = 2^-24 for a true normal pair).
+/// r = sqrt(-2 ln u) <= sqrt(48 ln 2) = 5.77 (P(R > 5.77) = 2^-24 for a true normal pair); ln u is
+/// Eigen's vectorised log, the square root correctly rounded (sqrt_packet).
 /// Angle: the top two bits pick a quarter turn q, the next 23 bits phi uniform in (-pi/4, pi/4);
 /// t = q pi/2 + phi is uniform on the circle. sin and cos of phi are Taylor polynomials to phi^9 and
 /// phi^10 (truncation below 2.5e-8, under half a float ulp of 1), the quarter turn is an exact swap
@@ -116,7 +118,14 @@ inline void box_muller_lanes(const std::uint32_t (&words)[4][kPhiloxLanes], floa
       uniform[j] = static_cast<float>(static_cast<std::int32_t>(((radius_words[j] >> 9) << 1) | 1u)) * kTwoToMinus24;
     alignas(64) float radius[N];
     Eigen::Map<Eigen::Array<float, N, 1>> radius_map(radius);
-    radius_map = (-2.0f * Eigen::Map<const Eigen::Array<float, N, 1>>(uniform).log()).sqrt();
+    radius_map = -2.0f * Eigen::Map<const Eigen::Array<float, N, 1>>(uniform).log();
+    // Not Eigen's .sqrt(): its float packets use an approximate instruction whose bits depend on the
+    // processor (see packet_math.hpp).
+    using Packet = PacketOf<float>;
+    constexpr int P = packet_size<float>();
+    static_assert(N % P == 0, "whole packets of lanes");
+    for (int j = 0; j < N; j += P)
+      Eigen::internal::pstore(radius + j, sqrt_packet(Eigen::internal::pload<Packet>(radius + j)));
     float* cosines = out + 2 * pair * N;
     float* sines = cosines + N;
     for (int j = 0; j < N; ++j) {
