@@ -308,7 +308,6 @@ EIGEN_ALWAYS_INLINE void masked_softmax_block(Scalar* score_rows, Scalar* prob_r
           for (int r = 0; r < Rows; ++r) {
             const Packet e = exp_packet<Scalar, InRange>(psub(pload<Packet>(scores + r * stride + j), shift[r]));
             pstore(probs + r * stride + j, e);
-            total[r] = padd(total[r], e);
           }
         },
         [&](Eigen::Index j, const Packet& lane) {
@@ -317,12 +316,15 @@ EIGEN_ALWAYS_INLINE void masked_softmax_block(Scalar* score_rows, Scalar* prob_r
             const Packet e =
                 pand(visible(r, lane), exp_packet<Scalar, InRange>(psub(pload<Packet>(scores + r * stride + j), shift[r])));
             pstore(probs + r * stride + j, e);
-            total[r] = padd(total[r], e);
           }
         });
   };
   if (fixed) exponentials(std::true_type());
   else exponentials(std::false_type());
+  // The totals in a pass of their own, in the same order (masked lanes hold 0): kept in registers
+  // during the exponentials they spill (the exp's constants and Rows totals exceed 16 registers).
+  for (Eigen::Index j = first; j < last; j += P)
+    for (int r = 0; r < Rows; ++r) total[r] = padd(total[r], pload<Packet>(probs + r * stride + j));
   alignas(EIGEN_MAX_ALIGN_BYTES) Scalar inverse[Rows < P ? P : Rows];
   lane_totals<Scalar, Rows>(total, inverse);
   if constexpr (Rows == P) pstore(inverse, pdiv(pset1<Packet>(Scalar(1)), pload<Packet>(inverse)));
