@@ -28,6 +28,9 @@ constexpr int packet_size() {
   return Eigen::internal::packet_traits<Scalar>::size;
 }
 
+template <class Scalar, bool InRange, int N>
+EIGEN_ALWAYS_INLINE void exp_packets(PacketOf<Scalar> (&x)[N]);
+
 /// exp(x) of a packet, for the softmax (arguments <= about 0). Eigen's pexp, except for float on
 /// AVX2: Cephes' expf (the polynomial Eigen's pexp uses as well, about 1 ulp) with the power of two
 /// put into the exponent bits directly, about half of pexp's instructions. Results below 2^-125
@@ -40,30 +43,49 @@ constexpr int packet_size() {
 /// arbitrary bits.
 template <class Scalar, bool InRange = false>
 EIGEN_ALWAYS_INLINE PacketOf<Scalar> exp_packet(const PacketOf<Scalar>& x) {
+  PacketOf<Scalar> one[1] = {x};
+  exp_packets<Scalar, InRange, 1>(one);
+  return one[0];
+}
+
+/// x[k] = exp_packet(x[k]) for k < N, with the same instructions on every lane (so the same bits),
+/// issued step by step across the N packets: N independent chains of about 14 dependent operations
+/// stand side by side in the instruction stream, so the processor overlaps them without having to
+/// look far ahead (a small floating-point scheduler, as Zen 2's, otherwise runs them nearly one after
+/// the other).
+template <class Scalar, bool InRange, int N>
+EIGEN_ALWAYS_INLINE void exp_packets(PacketOf<Scalar> (&x)[N]) {
 #if defined(__AVX2__) && defined(__FMA__) && !defined(__AVX512F__)
   if constexpr (std::is_same_v<Scalar, float>) {
     // x = n ln 2 + r with |r| <= ln 2 / 2 (ln 2 split in two for an exact n ln 2), then
     // exp(r) = 1 + r + r^2 p(r) and exp(x) = 2^n exp(r) by adding n to the exponent bits.
     // The clamps keep 2^n normal; max / min with the constant first let a NaN through.
-    const __m256 flush = InRange ? _mm256_setzero_ps() : _mm256_cmp_ps(x, _mm256_set1_ps(-86.5f), _CMP_LT_OQ);
-    const __m256 y = InRange ? x : _mm256_min_ps(_mm256_set1_ps(88.0f), _mm256_max_ps(_mm256_set1_ps(-86.5f), x));
-    const __m256 n = _mm256_round_ps(_mm256_mul_ps(y, _mm256_set1_ps(1.44269504088896341f)),
-                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), y);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-    const __m256i power = _mm256_slli_epi32(_mm256_cvtps_epi32(n), 23);
-    const __m256 value = _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), power));
-    return InRange ? value : _mm256_andnot_ps(flush, value);
+    __m256 flush[N], n[N], r[N], p[N];
+    for (int k = 0; k < N; ++k) {
+      flush[k] = InRange ? _mm256_setzero_ps() : _mm256_cmp_ps(x[k], _mm256_set1_ps(-86.5f), _CMP_LT_OQ);
+      if (!InRange) x[k] = _mm256_min_ps(_mm256_set1_ps(88.0f), _mm256_max_ps(_mm256_set1_ps(-86.5f), x[k]));
+    }
+    for (int k = 0; k < N; ++k)
+      n[k] = _mm256_round_ps(_mm256_mul_ps(x[k], _mm256_set1_ps(1.44269504088896341f)),
+                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    for (int k = 0; k < N; ++k) r[k] = _mm256_fnmadd_ps(n[k], _mm256_set1_ps(0.693359375f), x[k]);
+    for (int k = 0; k < N; ++k) r[k] = _mm256_fnmadd_ps(n[k], _mm256_set1_ps(-2.12194440e-4f), r[k]);
+    for (int k = 0; k < N; ++k) p[k] = _mm256_fmadd_ps(_mm256_set1_ps(1.9875691500e-4f), r[k], _mm256_set1_ps(1.3981999507e-3f));
+    for (int k = 0; k < N; ++k) p[k] = _mm256_fmadd_ps(p[k], r[k], _mm256_set1_ps(8.3334519073e-3f));
+    for (int k = 0; k < N; ++k) p[k] = _mm256_fmadd_ps(p[k], r[k], _mm256_set1_ps(4.1665795894e-2f));
+    for (int k = 0; k < N; ++k) p[k] = _mm256_fmadd_ps(p[k], r[k], _mm256_set1_ps(1.6666665459e-1f));
+    for (int k = 0; k < N; ++k) p[k] = _mm256_fmadd_ps(p[k], r[k], _mm256_set1_ps(5.0000001201e-1f));
+    for (int k = 0; k < N; ++k)
+      p[k] = _mm256_fmadd_ps(p[k], _mm256_mul_ps(r[k], r[k]), _mm256_add_ps(r[k], _mm256_set1_ps(1.0f)));
+    for (int k = 0; k < N; ++k) {
+      const __m256i power = _mm256_slli_epi32(_mm256_cvtps_epi32(n[k]), 23);
+      const __m256 value = _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p[k]), power));
+      x[k] = InRange ? value : _mm256_andnot_ps(flush[k], value);
+    }
+    return;
   }
 #endif
-  return Eigen::internal::pexp(x);
+  for (int k = 0; k < N; ++k) x[k] = Eigen::internal::pexp(x[k]);
 }
 
 /// sqrt(x) of every lane, correctly rounded (IEEE 754), so the same on every processor: the

@@ -216,10 +216,13 @@ EIGEN_ALWAYS_INLINE void lane_totals(const PacketOf<Scalar> (&sums)[Rows], Scala
   }
 }
 
+/// Rows whose exponentials masked_softmax_block interleaves (when Rows is a multiple of it).
+inline constexpr int kExpGroup = 4;
+
 /// The softmax of rows [row0, row0 + Rows) (see masked_softmax_rows), processed together: the loop
 /// runs over the packets of the union of their visible ranges with the rows innermost, so Rows
-/// independent exp() chains are in flight at once and the trip count is the same for every row of
-/// the block (no per-row branches). Packets inside every row's range (for a causal block: all but
+/// independent exp() chains are in flight at once (issued kExpGroup at a time, interleaved) and the
+/// trip count is the same for every row of the block (no per-row branches). Packets inside every row's range (for a causal block: all but
 /// the diagonal one) need no lane masks; in the others, lanes outside a row's own range are masked to
 /// probability 0. With Rows = P the row totals are reduced by one transpose and inverted by one
 /// packet division.
@@ -303,19 +306,26 @@ EIGEN_ALWAYS_INLINE void masked_softmax_block(Scalar* score_rows, Scalar* prob_r
   // With the constant shift (a bound on the scores) every visible argument is in exp_packet's range.
   const auto exponentials = [&](auto in_range) {
     constexpr bool InRange = decltype(in_range)::value;
+    // kExpGroup rows' exponentials interleaved (exp_packets): independent chains side by side.
+    constexpr int G = Rows % kExpGroup == 0 ? kExpGroup : 1;
+    const auto group_exponentials = [&](Eigen::Index j, int r0, Packet (&e)[G]) {
+      for (int g = 0; g < G; ++g) e[g] = psub(pload<Packet>(scores + (r0 + g) * stride + j), shift[r0 + g]);
+      exp_packets<Scalar, InRange, G>(e);
+    };
     for_packets(
         [&](Eigen::Index j) {
-          for (int r = 0; r < Rows; ++r) {
-            const Packet e = exp_packet<Scalar, InRange>(psub(pload<Packet>(scores + r * stride + j), shift[r]));
-            pstore(probs + r * stride + j, e);
+          for (int r0 = 0; r0 < Rows; r0 += G) {
+            Packet e[G];
+            group_exponentials(j, r0, e);
+            for (int g = 0; g < G; ++g) pstore(probs + (r0 + g) * stride + j, e[g]);
           }
         },
         [&](Eigen::Index j, const Packet& lane) {
-          for (int r = 0; r < Rows; ++r) {
+          for (int r0 = 0; r0 < Rows; r0 += G) {
+            Packet e[G];
+            group_exponentials(j, r0, e);
             // pand, not pselect: masked lanes may hold anything (even NaN from scores never computed).
-            const Packet e =
-                pand(visible(r, lane), exp_packet<Scalar, InRange>(psub(pload<Packet>(scores + r * stride + j), shift[r])));
-            pstore(probs + r * stride + j, e);
+            for (int g = 0; g < G; ++g) pstore(probs + (r0 + g) * stride + j, pand(visible(r0 + g, lane), e[g]));
           }
         });
   };
