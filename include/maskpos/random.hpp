@@ -100,8 +100,8 @@ inline void philox4x32_10_lanes(std::uint32_t c0, std::uint32_t c1, std::uint32_
 /// uses words 0 (radius) and 1 (angle), pair b words 2 and 3.
 ///
 /// Radius: u = (2 (w >> 9) + 1) 2^-24 is exact in float and lies in [2^-24, 1 - 2^-24], so
-/// r = sqrt(-2 ln u) <= sqrt(48 ln 2) = 5.77 (P(R > 5.77) = 2^-24 for a true normal pair); ln u is
-/// Eigen's vectorised log, the square root correctly rounded (sqrt_packet).
+/// r = sqrt(-2 ln u) <= sqrt(48 ln 2) = 5.77 (P(R > 5.77) = 2^-24 for a true normal pair); ln u has
+/// the bits of Eigen's vectorised log, the square root is correctly rounded (sqrt_packet).
 /// Angle: the top two bits pick a quarter turn q, the next 23 bits phi uniform in (-pi/4, pi/4);
 /// t = q pi/2 + phi is uniform on the circle. sin and cos of phi are Taylor polynomials to phi^9 and
 /// phi^10 (truncation below 2.5e-8, under half a float ulp of 1), the quarter turn is an exact swap
@@ -110,22 +110,26 @@ inline void box_muller_lanes(const std::uint32_t (&words)[4][kPhiloxLanes], floa
   constexpr int N = kPhiloxLanes;
   constexpr float kTwoToMinus24 = 1.0f / 16777216.0f;
   constexpr float kHalfPi = 1.57079632679489661923f;
-  for (int pair = 0; pair < 2; ++pair) {
-    const std::uint32_t* radius_words = words[2 * pair];
-    const std::uint32_t* angle_words = words[2 * pair + 1];
-    alignas(64) float uniform[N];
+  // The radii of both pairs first: their logarithms interleaved (log_positive_normal_packets, Eigen's
+  // plog bits: u is a positive normal float), the square roots correctly rounded (not Eigen's
+  // .sqrt(), whose float packets take an approximate instruction with processor-dependent bits;
+  // see packet_math.hpp).
+  using Packet = PacketOf<float>;
+  constexpr int P = packet_size<float>();
+  static_assert(N % P == 0, "whole packets of lanes");
+  constexpr int G = 2 * N / P;
+  alignas(64) float radius[2 * N];
+  for (int pair = 0; pair < 2; ++pair)
     for (int j = 0; j < N; ++j)
-      uniform[j] = static_cast<float>(static_cast<std::int32_t>(((radius_words[j] >> 9) << 1) | 1u)) * kTwoToMinus24;
-    alignas(64) float radius[N];
-    Eigen::Map<Eigen::Array<float, N, 1>> radius_map(radius);
-    radius_map = -2.0f * Eigen::Map<const Eigen::Array<float, N, 1>>(uniform).log();
-    // Not Eigen's .sqrt(): its float packets use an approximate instruction whose bits depend on the
-    // processor (see packet_math.hpp).
-    using Packet = PacketOf<float>;
-    constexpr int P = packet_size<float>();
-    static_assert(N % P == 0, "whole packets of lanes");
-    for (int j = 0; j < N; j += P)
-      Eigen::internal::pstore(radius + j, sqrt_packet(Eigen::internal::pload<Packet>(radius + j)));
+      radius[pair * N + j] =
+          static_cast<float>(static_cast<std::int32_t>(((words[2 * pair][j] >> 9) << 1) | 1u)) * kTwoToMinus24;
+  Packet logs[G];
+  for (int g = 0; g < G; ++g) logs[g] = Eigen::internal::pload<Packet>(radius + g * P);
+  log_positive_normal_packets<float, G>(logs);
+  for (int g = 0; g < G; ++g)
+    Eigen::internal::pstore(radius + g * P, sqrt_packet(Eigen::internal::pmul(Eigen::internal::pset1<Packet>(-2.0f), logs[g])));
+  for (int pair = 0; pair < 2; ++pair) {
+    const std::uint32_t* angle_words = words[2 * pair + 1];
     float* cosines = out + 2 * pair * N;
     float* sines = cosines + N;
     for (int j = 0; j < N; ++j) {
@@ -148,8 +152,8 @@ inline void box_muller_lanes(const std::uint32_t (&words)[4][kPhiloxLanes], floa
       float cosine, sine;
       std::memcpy(&cosine, &a_bits, sizeof cosine);
       std::memcpy(&sine, &b_bits, sizeof sine);
-      cosines[j] = radius[j] * cosine;
-      sines[j] = radius[j] * sine;
+      cosines[j] = radius[pair * N + j] * cosine;
+      sines[j] = radius[pair * N + j] * sine;
     }
   }
 }
@@ -202,9 +206,11 @@ class SampleStream {
 
   /// The next standard normal of the stream (the same sequence as fill_normal).
   float next_normal() {
-    float value;
-    fill_normal(&value, 1);
-    return value;
+    if (buffered_ == 0) {
+      next_chunk(buffer_);
+      buffered_ = kChunk;
+    }
+    return buffer_[kChunk - buffered_--];
   }
 
   /// The next number of the sample's uniform sequence, uniform on (0, 1): a second sequence,

@@ -88,6 +88,57 @@ EIGEN_ALWAYS_INLINE void exp_packets(PacketOf<Scalar> (&x)[N]) {
   for (int k = 0; k < N; ++k) x[k] = Eigen::internal::pexp(x[k]);
 }
 
+/// x[k] = ln x[k] for k < N, for lanes holding positive normal floats (nothing is checked: zero,
+/// negative, subnormal, infinite and NaN lanes give arbitrary bits). Eigen's plog (Cephes' logf
+/// polynomial) with the same operations in the same order, so the same bits on such lanes, but
+/// with the exponent and mantissa read straight from the bits (Eigen's pfrexp also handles
+/// subnormals) and without the special cases; issued step by step across the N packets, like
+/// exp_packets. Other packets than AVX2 float: Eigen's plog.
+template <class Scalar, int N>
+EIGEN_ALWAYS_INLINE void log_positive_normal_packets(PacketOf<Scalar> (&x)[N]) {
+#if defined(__AVX2__) && defined(__FMA__) && !defined(__AVX512F__)
+  if constexpr (std::is_same_v<Scalar, float>) {
+    // x = m 2^e with m in [0.5, 1): e = biased exponent - 126, m = x's mantissa under 0.5's exponent.
+    __m256 e[N], small[N], x2[N], x3[N], y[N], y1[N], y2[N];
+    for (int k = 0; k < N; ++k) {
+      const __m256i bits = _mm256_castps_si256(x[k]);
+      e[k] = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(bits, 23), _mm256_set1_epi32(126)));
+      x[k] = _mm256_castsi256_ps(
+          _mm256_or_si256(_mm256_and_si256(bits, _mm256_set1_epi32(0x807fffff)), _mm256_set1_epi32(0x3f000000)));
+    }
+    // m < sqrt(1/2): x = 2 m - 1 and e - 1; otherwise x = m - 1.
+    for (int k = 0; k < N; ++k) {
+      small[k] = _mm256_cmp_ps(x[k], _mm256_set1_ps(0.707106781186547524f), _CMP_LT_OQ);
+      const __m256 twice = _mm256_and_ps(x[k], small[k]);
+      x[k] = _mm256_add_ps(_mm256_sub_ps(x[k], _mm256_set1_ps(1.0f)), twice);
+      e[k] = _mm256_sub_ps(e[k], _mm256_and_ps(_mm256_set1_ps(1.0f), small[k]));
+    }
+    for (int k = 0; k < N; ++k) {
+      x2[k] = _mm256_mul_ps(x[k], x[k]);
+      x3[k] = _mm256_mul_ps(x2[k], x[k]);
+    }
+    for (int k = 0; k < N; ++k) {
+      y[k] = _mm256_fmadd_ps(_mm256_set1_ps(7.0376836292E-2f), x[k], _mm256_set1_ps(-1.1514610310E-1f));
+      y1[k] = _mm256_fmadd_ps(_mm256_set1_ps(-1.2420140846E-1f), x[k], _mm256_set1_ps(+1.4249322787E-1f));
+      y2[k] = _mm256_fmadd_ps(_mm256_set1_ps(+2.0000714765E-1f), x[k], _mm256_set1_ps(-2.4999993993E-1f));
+    }
+    for (int k = 0; k < N; ++k) {
+      y[k] = _mm256_fmadd_ps(y[k], x[k], _mm256_set1_ps(1.1676998740E-1f));
+      y1[k] = _mm256_fmadd_ps(y1[k], x[k], _mm256_set1_ps(-1.6668057665E-1f));
+      y2[k] = _mm256_fmadd_ps(y2[k], x[k], _mm256_set1_ps(+3.3333331174E-1f));
+    }
+    for (int k = 0; k < N; ++k) y[k] = _mm256_fmadd_ps(y[k], x3[k], y1[k]);
+    for (int k = 0; k < N; ++k) y[k] = _mm256_fmadd_ps(y[k], x3[k], y2[k]);
+    for (int k = 0; k < N; ++k) y[k] = _mm256_mul_ps(y[k], x3[k]);
+    for (int k = 0; k < N; ++k) y[k] = _mm256_fmadd_ps(_mm256_set1_ps(-0.5f), x2[k], y[k]);
+    for (int k = 0; k < N; ++k) x[k] = _mm256_add_ps(x[k], y[k]);
+    for (int k = 0; k < N; ++k) x[k] = _mm256_fmadd_ps(e[k], _mm256_set1_ps(static_cast<float>(EIGEN_LN2)), x[k]);
+    return;
+  }
+#endif
+  for (int k = 0; k < N; ++k) x[k] = Eigen::internal::plog(x[k]);
+}
+
 /// sqrt(x) of every lane, correctly rounded (IEEE 754), so the same on every processor: the
 /// square-root instruction of the packet's width for float, Eigen's psqrt otherwise (for double
 /// packets and scalars that is the exact square root already). NaN and negative lanes give NaN.
