@@ -586,12 +586,13 @@ inline void line(cairo_t* context, double x0, double y0, double x1, double y1) {
 }
 
 /// Draws one panel: cells, frame, position ticks and labels, title, axis labels, colour bar.
-/// \param vector true for SVG / PDF: cells are then embedded as blocks of pixels (about 512 pixels
-///        across the panel), so that viewers that smooth images still show sharp cells.
-/// \param cell_png for vector output, the cells' PNG file (vector_cell_pngs), consumed; unused otherwise.
+/// \param cell_png for vector output (SVG / PDF), the cells' PNG file (vector_cell_pngs), consumed;
+///        null for raster output. Vector output embeds the cells as blocks of pixels (about 512
+///        pixels across the panel), so that viewers that smooth images still show sharp cells.
 inline void draw_panel(cairo_t* context, const HeatmapPanel& panel, const PanelLayout& placed,
-                       const FigureOptions& options, const FigureStyle& style, bool vector,
+                       const FigureOptions& options, const FigureStyle& style,
                        std::vector<std::uint8_t>* cell_png = nullptr) {
+  const bool vector = cell_png != nullptr;
   const Rect& heatmap = placed.heatmap;
   const Index rows = panel.values.rows();
   const Index cols = panel.values.cols();
@@ -661,8 +662,7 @@ inline void draw_panel(cairo_t* context, const HeatmapPanel& panel, const PanelL
 /// \param cell_pngs for vector output, the panels' cell PNG files in grid order (vector_cell_pngs),
 ///        consumed; null for raster output.
 inline void draw_figure(cairo_t* context, const FigureGrid& grid, const FigureLayout& layout,
-                        const FigureOptions& options, bool vector,
-                        std::vector<std::vector<std::uint8_t>>* cell_pngs = nullptr) {
+                        const FigureOptions& options, std::vector<std::vector<std::uint8_t>>* cell_pngs = nullptr) {
   std::size_t panel_index = 0;
   const FigureStyle style(options);
   set_font_options(context);
@@ -672,7 +672,7 @@ inline void draw_figure(cairo_t* context, const FigureGrid& grid, const FigureLa
   cairo_set_line_join(context, CAIRO_LINE_JOIN_MITER);
   for (std::size_t r = 0; r < grid.rows.size(); ++r)
     for (std::size_t c = 0; c < grid.rows[r].size(); ++c)
-      draw_panel(context, grid.rows[r][c], layout.panels[r][c], options, style, vector,
+      draw_panel(context, grid.rows[r][c], layout.panels[r][c], options, style,
                  cell_pngs != nullptr ? &(*cell_pngs)[panel_index++] : nullptr);
   cairo_set_source_rgb(context, 0.0, 0.0, 0.0);
   if (!grid.title.empty()) {
@@ -754,7 +754,7 @@ inline DrawnFigure draw_for_format(const FigureGrid& grid, FigureFormat format, 
     check_cairo(cairo_surface_status(drawn.raster.get()), "image surface");
     ContextPtr context(cairo_create(drawn.raster.get()));
     cairo_scale(context.get(), options.dpi / 72.0, options.dpi / 72.0);
-    draw_figure(context.get(), grid, layout, options, false);
+    draw_figure(context.get(), grid, layout, options);
     check_cairo(cairo_status(context.get()), "drawing");
     return drawn;
   }
@@ -769,7 +769,7 @@ inline DrawnFigure draw_for_format(const FigureGrid& grid, FigureFormat format, 
   check_cairo(cairo_surface_status(surface.get()), "vector surface");
   {
     ContextPtr context(cairo_create(surface.get()));
-    draw_figure(context.get(), grid, layout, options, true, cell_pngs);
+    draw_figure(context.get(), grid, layout, options, cell_pngs);
     check_cairo(cairo_status(context.get()), "drawing");
   }
   cairo_surface_finish(surface.get());
