@@ -47,6 +47,10 @@
 #include <cairo.h>
 #include <png.h>
 
+#if defined(__SSSE3__)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
 #include <array>
 #include <cctype>
@@ -286,7 +290,19 @@ inline std::vector<std::uint8_t> encode_rgb24_png(const Rgb24Pixels& pixels) {
     // RGB24 pixels are native-endian 32-bit words 0xXXRRGGBB. Byte 3x + 2 < 4x + 4: every pixel is
     // read before its bytes are overwritten.
     unsigned char* const row = data + static_cast<std::ptrdiff_t>(y) * stride;
-    for (int x = 0; x < width; ++x) {
+    int x = 0;
+#if defined(__SSSE3__)
+    // Four pixels at a time (x86, so little-endian: a pixel's bytes are B, G, R, X): 16 bytes in, 12
+    // out, stored as 16 whose last 4 land on bytes 3x + 12 .. 3x + 15 < 4x + 16, already read (and
+    // overwritten by the next store, or beyond the row's packed 3 width bytes). The byte loop alone
+    // took about 5 ms of the paper figure's 75 ms of CPU.
+    const __m128i pack = _mm_setr_epi8(0, 1, 2, 4, 5, 6, 8, 9, 10, 12, 13, 14, -1, -1, -1, -1);
+    for (; width - x >= 4; x += 4) {
+      const __m128i four = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 4 * x));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(row + 3 * x), _mm_shuffle_epi8(four, pack));
+    }
+#endif
+    for (; x < width; ++x) {
       std::uint32_t pixel;
       std::memcpy(&pixel, row + 4 * x, sizeof pixel);
       row[3 * x] = static_cast<unsigned char>(pixel);
