@@ -76,6 +76,34 @@ void direct_sample(benchmark::State& state) {
                                                  benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
 }
 
+// One sample of the triangular path (tokens in their frame, L = 4, the last layer without A Y),
+// drawing excluded: the row-major DecoderKernel (third argument 0) or the transposed FrameKernel
+// (1), which the Monte Carlo driver runs for float (the same bits; tests/test_frame_kernel.cpp).
+void frame_sample(benchmark::State& state) {
+  const auto S = static_cast<Eigen::Index>(state.range(0)), d = static_cast<Eigen::Index>(state.range(1));
+  maskpos::DecoderConfig config;
+  maskpos::InputGenerator generator(maskpos::InputSpec::gaussian(S, d, 0.0), 0);
+  const maskpos::TriangularFrame frame = generator.triangular_frame(false);
+  maskpos::Matrix<float> tokens(S, frame.width);
+  generator.generate_triangular_into<float>(0, tokens, false);
+  if (state.range(2) == 0) {
+    maskpos::detail::DecoderKernel<float> kernel(config, S, d, frame);
+    for (auto _ : state) {
+      kernel.state_rows() = tokens;
+      for (int l = 0; l < 4; ++l) kernel.step(l < 3);
+      benchmark::DoNotOptimize(kernel.score_data());
+    }
+  } else {
+    maskpos::detail::FrameKernel<float> kernel(config, S, d, frame);
+    for (auto _ : state) {
+      kernel.input_rows() = tokens;
+      kernel.load();
+      for (int l = 0; l < 4; ++l) kernel.step(l < 3);
+      benchmark::DoNotOptimize(kernel.score_data());
+    }
+  }
+}
+
 // Exact accumulation of one layer's float scores, squared scores and probabilities (S (S+1) / 2
 // entries), on the Double grid (second argument 0) or the Float grid (1).
 void accumulate_layer(benchmark::State& state) {
@@ -133,6 +161,7 @@ void box_muller(benchmark::State& state) {
 
 BENCHMARK_TEMPLATE(gram_sample, float)->Args({50, 64})->Args({50, 128})->Args({50, 512});
 BENCHMARK_TEMPLATE(direct_sample, float)->Args({50, 64})->Args({50, 128})->Args({50, 512});
+BENCHMARK(frame_sample)->Args({50, 64, 0})->Args({50, 64, 1})->Args({128, 128, 0})->Args({128, 128, 1});
 BENCHMARK(accumulate_layer)->Args({50, 0})->Args({50, 1});
 BENCHMARK(normal_stream)->Arg(3264);
 BENCHMARK(philox_lanes);

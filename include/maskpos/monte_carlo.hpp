@@ -28,6 +28,7 @@
 #include "decoder.hpp"
 #include "detail/errors.hpp"
 #include "detail/exact_sum.hpp"
+#include "detail/frame_kernel.hpp"
 #include "detail/gram_kernel.hpp"
 #include "inputs.hpp"
 #include "types.hpp"
@@ -108,20 +109,40 @@ class MonteCarloAccumulator {
   /// \param grid  how finely each value is rounded before the exact sums (see detail::SumGrid):
   ///               monte_carlo_accumulate uses SumGrid::Float for float runs, SumGrid::Double for
   ///               double runs. Only accumulators with the same grid can be merged.
-  MonteCarloAccumulator(const DecoderConfig& config, const InputSpec& inputs, SumGrid grid = SumGrid::Double)
-      : seq_len_(inputs.seq_len), mask_(config.mask) {
+  /// \param lanes  0: the entries are added row by row (add_layer_rows: DecoderKernel,
+  ///               TiledGramKernel); P >= 1: in packets of P queries (add_layer_packets:
+  ///               detail::FrameKernel with P = its packet size), \pre a lower-triangular mask.
+  ///               Only accumulators with the same layout can be merged.
+  MonteCarloAccumulator(const DecoderConfig& config, const InputSpec& inputs, SumGrid grid = SumGrid::Double,
+                        Index lanes = 0)
+      : seq_len_(inputs.seq_len), mask_(config.mask), lanes_(lanes) {
     config.validate(inputs.seq_len, inputs.dim);
-    // Visible entries row by row (each row's visible keys are one contiguous range): the order in
-    // which DecoderKernel lays out its rows, so that add_layer_rows reads memory contiguously. Each
-    // row starts at a multiple of kRowAlign entries (32 bytes of int32): the Float grid's packets
-    // of a row are then aligned, never split across cache lines, and end in the row's own padding.
+    detail::require(lanes >= 0, "accumulator lanes", lanes, "lanes >= 0 (0: rows, P: packets of P queries)");
+    detail::require(lanes == 0 || mask_.is_lower_triangular(), "mask", mask_.name(),
+                    "lower-triangular (causal) for an accumulator in query packets");
     Index offset = 0;
-    for (Index i = 0; i < seq_len_; ++i) {
-      const Index begin = mask_.first_key(i), end = mask_.end_key(i, seq_len_);
-      rows_.push_back({begin, end, offset});
-      offset += (end - begin + kRowAlign - 1) / kRowAlign * kRowAlign;
-      for (Index j = begin; j < end; ++j) visible_.emplace_back(i, j);
+    if (lanes_ == 0) {
+      // Visible entries row by row (each row's visible keys are one contiguous range): the order in
+      // which DecoderKernel lays out its rows, so that add_layer_rows reads memory contiguously. Each
+      // row starts at a multiple of kRowAlign entries (32 bytes of int32): the Float grid's packets
+      // of a row are then aligned, never split across cache lines, and end in the row's own padding.
+      for (Index i = 0; i < seq_len_; ++i) {
+        const Index begin = mask_.first_key(i), end = mask_.end_key(i, seq_len_);
+        rows_.push_back({begin, end, offset});
+        offset += (end - begin + kRowAlign - 1) / kRowAlign * kRowAlign;
+      }
+    } else {
+      // FrameKernel's layout: queries in packets of `lanes`, the partial one first (pad lanes of
+      // padding); packet q holds one packet of entries per key it sees, keys 0 .. (q + 1) lanes - pad - 1.
+      pad_ = (lanes_ - seq_len_ % lanes_) % lanes_;
+      for (Index q = 0; q * lanes_ < seq_len_ + pad_; ++q) {
+        const Index keys = (q + 1) * lanes_ - pad_;
+        packets_.push_back({offset, keys});
+        offset += keys * lanes_;
+      }
     }
+    for (Index i = 0; i < seq_len_; ++i)
+      for (Index j = mask_.first_key(i); j < mask_.end_key(i, seq_len_); ++j) visible_.emplace_back(i, j);
     const Index n = offset;
     for (Index l = 0; l < config.layers; ++l) {
       // A-priori bound on |score| (x2 margin for rounding in the float forward pass).
@@ -192,10 +213,47 @@ class MonteCarloAccumulator {
     prob_sum.commit();
   }
 
+  /// Adds the visible entries of one layer of one sample given in query packets (the layout of
+  /// detail::FrameKernel; \pre the accumulator was built with lanes = that kernel's packet size):
+  /// with pad = (lanes - S mod lanes) mod lanes, query i is lane (i + pad) mod lanes of packet
+  /// q = (i + pad) / lanes; its score against key j is scores[(j + pad) stride + q lanes + lane], its
+  /// probability weights[...] (at the same place) times inverse[q lanes + lane], rounded to Scalar.
+  /// Lanes of keys a query does not see are ignored.
+  template <class Scalar>
+  void add_layer_packets(Index layer, const Scalar* scores, const Scalar* weights, Index stride, const Scalar* inverse) {
+    // (Checked without building the message's strings unless it fails: this runs L times per sample.)
+    if (lanes_ <= 0) detail::throw_invalid("accumulator lanes", lanes_, "lanes >= 1 for add_layer_packets (use add_layer_rows)");
+    const std::size_t l = static_cast<std::size_t>(layer);
+    detail::ExactSum &score_sum = score_sum_[l], &square_sum = score_square_sum_[l], &prob_sum = prob_sum_[l];
+    bool done = false;
+    if constexpr (std::is_same_v<Scalar, float>) {
+      if (score_sum.grid() == SumGrid::Float) {
+        add_packets_float(scores, weights, stride, inverse, score_sum, square_sum, prob_sum);
+        done = true;
+      }
+    }
+    if (!done) {
+      for (Index i = 0; i < seq_len_; ++i) {
+        const Index column = i + pad_;  // packet (i + pad) / lanes, lane (i + pad) mod lanes
+        for (Index j = 0; j <= i; ++j) {
+          const Index index = entry_index(i, j);
+          const double s = static_cast<double>(scores[(j + pad_) * stride + column]);
+          add_checked(score_sum, index, s);
+          add_checked(square_sum, index, s * s);
+          add_checked(prob_sum, index, static_cast<double>(Scalar(weights[(j + pad_) * stride + column] * inverse[column])));
+        }
+      }
+    }
+    score_sum.commit();
+    square_sum.commit();
+    prob_sum.commit();
+  }
+
   /// Adds another accumulator of the same decoder and inputs. \pre compatible (else invalid_argument).
   void merge(const MonteCarloAccumulator& other) {
     detail::require(other.score_sum_.size() == score_sum_.size() && other.seq_len_ == seq_len_ &&
-                        other.visible_ == visible_ && score_sum_[0].compatible(other.score_sum_[0]),
+                        other.visible_ == visible_ && other.lanes_ == lanes_ &&
+                        score_sum_[0].compatible(other.score_sum_[0]),
                     "merged accumulator", "incompatible", "the same decoder configuration and input shape");
     for (std::size_t l = 0; l < score_sum_.size(); ++l) {
       score_sum_[l].merge(other.score_sum_[l]);
@@ -218,8 +276,7 @@ class MonteCarloAccumulator {
       Matrix<double> error = mean;
       Matrix<double> probs = Matrix<double>::Zero(seq_len_, seq_len_);
       for (const auto& [i, j] : visible_) {
-        const RowRange& row = rows_[static_cast<std::size_t>(i)];
-        const Index index = row.offset + j - row.begin;
+        const Index index = entry_index(i, j);
         const long double m = score_sum_[l].total(index) / B;
         const long double second = score_square_sum_[l].total(index) / B;
         const long double var = std::max<long double>(second - m * m, 0.0L);
@@ -284,19 +341,68 @@ class MonteCarloAccumulator {
     }
   }
 
-  /// Float grid for float values: v 2^q is exact in float (a power-of-two scale) and rounded to the
-  /// nearest int32 (ties to even; with AVX2 eight at a time), the squared score is the float product
-  /// s * s. Values out of range (or NaN) are skipped one by one.
+  /// The Float grid for float values: v 2^q is exact in float (a power-of-two scale) and rounded
+  /// to the nearest int32 (ties to even; with AVX2 eight at a time), the squared score is the float
+  /// product s * s and the probability the float product w * factor (weight times its row's
+  /// 1 / total, or 1). The scalar form adds one entry, skipping each value out of range (or NaN).
+  struct FloatGrid {
+    float score_scale, square_scale, prob_scale, limit;  // limit: 2^27 for every Float-grid sum
+    std::int32_t *s_out, *q_out, *p_out;
+    detail::ExactSum *score_sum, *square_sum, *prob_sum;
+
+    FloatGrid(detail::ExactSum& s, detail::ExactSum& q, detail::ExactSum& p)
+        : score_scale(static_cast<float>(s.scale())), square_scale(static_cast<float>(q.scale())),
+          prob_scale(static_cast<float>(p.scale())), limit(static_cast<float>(s.limit())), s_out(s.block32()),
+          q_out(q.block32()), p_out(p.block32()), score_sum(&s), square_sum(&q), prob_sum(&p) {}
+
+    void add(Index index, float s, float w, float factor) const {
+      const float qs = s * score_scale, qq = (s * s) * square_scale, qp = (w * factor) * prob_scale;
+      if (std::fabs(qs) <= limit) s_out[index] += static_cast<std::int32_t>(std::nearbyint(qs));
+      else score_sum->skip(1);
+      if (qq <= limit) q_out[index] += static_cast<std::int32_t>(std::nearbyint(qq));
+      else square_sum->skip(1);
+      if (std::fabs(qp) <= limit) p_out[index] += static_cast<std::int32_t>(std::nearbyint(qp));
+      else prob_sum->skip(1);
+    }
+  };
+
+#if defined(__AVX2__)
+  /// FloatGrid's constants as packets (hoisted out of the loops over rows or packets).
+  struct FloatGridPackets {
+    __m256 scale_s, scale_q, scale_p, bound, magnitude;
+    explicit FloatGridPackets(const FloatGrid& grid)
+        : scale_s(_mm256_set1_ps(grid.score_scale)), scale_q(_mm256_set1_ps(grid.square_scale)),
+          scale_p(_mm256_set1_ps(grid.prob_scale)), bound(_mm256_set1_ps(grid.limit)),
+          magnitude(_mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff))) {}
+
+    /// FloatGrid::add on eight entries from `index` on (a multiple of 8): false, and nothing added,
+    /// when a value is out of range (the caller then adds them one by one).
+    bool add(const FloatGrid& grid, Index index, __m256 s, __m256 w, __m256 factor) const {
+      const __m256 qs = _mm256_mul_ps(s, scale_s), qq = _mm256_mul_ps(_mm256_mul_ps(s, s), scale_q),
+                   qp = _mm256_mul_ps(_mm256_mul_ps(w, factor), scale_p);
+      const __m256 ok = _mm256_and_ps(
+          _mm256_and_ps(_mm256_cmp_ps(_mm256_and_ps(qs, magnitude), bound, _CMP_LE_OQ), _mm256_cmp_ps(qq, bound, _CMP_LE_OQ)),
+          _mm256_cmp_ps(_mm256_and_ps(qp, magnitude), bound, _CMP_LE_OQ));
+      if (_mm256_movemask_ps(ok) != 0xff) return false;
+      auto add_to = [](std::int32_t* out, __m256 value) {  // aligned: the layouts start packets at multiples of 8
+        __m256i* at = reinterpret_cast<__m256i*>(out);
+        _mm256_store_si256(at, _mm256_add_epi32(_mm256_load_si256(at), _mm256_cvtps_epi32(value)));
+      };
+      add_to(grid.s_out + index, qs);
+      add_to(grid.q_out + index, qq);
+      add_to(grid.p_out + index, qp);
+      return true;
+    }
+  };
+#endif
+
+  /// Row layout, Float grid.
   void add_rows_float(const float* scores, const float* probs, Index row_stride, const float* row_scale,
                       detail::ExactSum& score_sum, detail::ExactSum& square_sum, detail::ExactSum& prob_sum) const {
     // The constants once per layer, then every row (each row's set-up used to be a call of its own).
-    const float score_scale = static_cast<float>(score_sum.scale()), square_scale = static_cast<float>(square_sum.scale()),
-                prob_scale = static_cast<float>(prob_sum.scale());
-    const float limit = static_cast<float>(score_sum.limit());  // 2^27 for every Float-grid sum
+    const FloatGrid grid(score_sum, square_sum, prob_sum);
 #if defined(__AVX2__)
-    const __m256 scale_s = _mm256_set1_ps(score_scale), scale_q = _mm256_set1_ps(square_scale),
-                 scale_p = _mm256_set1_ps(prob_scale), bound = _mm256_set1_ps(limit);
-    const __m256 magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const FloatGridPackets packets(grid);
     const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
 #endif
     for (Index i = 0; i < seq_len_; ++i) {
@@ -305,9 +411,6 @@ class MonteCarloAccumulator {
       const float* const prob_row = probs + i * row_stride + range.begin;
       const Index n = range.end - range.begin;
       const float factor = row_scale != nullptr ? row_scale[i] : 1.0f;  // p * 1 = p exactly
-      std::int32_t* const s_out = score_sum.block32() + range.offset;
-      std::int32_t* const q_out = square_sum.block32() + range.offset;
-      std::int32_t* const p_out = prob_sum.block32() + range.offset;
       Index k = 0;
 #if defined(__AVX2__)
       const __m256 row_factor = _mm256_set1_ps(factor);
@@ -323,41 +426,79 @@ class MonteCarloAccumulator {
           s = _mm256_maskload_ps(score_row + k, valid);
           p = _mm256_maskload_ps(prob_row + k, valid);
         }
-        const __m256 qs = _mm256_mul_ps(s, scale_s), qq = _mm256_mul_ps(_mm256_mul_ps(s, s), scale_q),
-                     qp = _mm256_mul_ps(_mm256_mul_ps(p, row_factor), scale_p);
-        const __m256 ok = _mm256_and_ps(
-            _mm256_and_ps(_mm256_cmp_ps(_mm256_and_ps(qs, magnitude), bound, _CMP_LE_OQ), _mm256_cmp_ps(qq, bound, _CMP_LE_OQ)),
-            _mm256_cmp_ps(_mm256_and_ps(qp, magnitude), bound, _CMP_LE_OQ));
-        if (_mm256_movemask_ps(ok) != 0xff) break;  // the scalar loop below handles the rest of the row
-        auto add = [](std::int32_t* out, __m256 value) {  // aligned: rows start at multiples of 8 entries
-          __m256i* at = reinterpret_cast<__m256i*>(out);
-          _mm256_store_si256(at, _mm256_add_epi32(_mm256_load_si256(at), _mm256_cvtps_epi32(value)));
-        };
-        add(s_out + k, qs);
-        add(q_out + k, qq);
-        add(p_out + k, qp);
+        if (!packets.add(grid, range.offset + k, s, p, row_factor)) break;  // the scalar loop does the rest
       }
 #endif
-      for (; k < n; ++k) {
-        const float s = score_row[k];
-        const float qs = s * score_scale, qq = (s * s) * square_scale, qp = (prob_row[k] * factor) * prob_scale;
-        if (std::fabs(qs) <= limit) s_out[k] += static_cast<std::int32_t>(std::nearbyint(qs));
-        else score_sum.skip(1);
-        if (qq <= limit) q_out[k] += static_cast<std::int32_t>(std::nearbyint(qq));
-        else square_sum.skip(1);
-        if (std::fabs(qp) <= limit) p_out[k] += static_cast<std::int32_t>(std::nearbyint(qp));
-        else prob_sum.skip(1);
-      }
+      for (; k < n; ++k) grid.add(range.offset + k, score_row[k], prob_row[k], factor);
     }
   }
 
+  /// Query-packet layout (FrameKernel), Float grid. The lanes a packet's queries do not see (of
+  /// its own keys, and padding queries) are added as zeros.
+  void add_packets_float(const float* scores, const float* weights, Index stride, const float* inverse,
+                         detail::ExactSum& score_sum, detail::ExactSum& square_sum, detail::ExactSum& prob_sum) const {
+    const FloatGrid grid(score_sum, square_sum, prob_sum);
+    const Index lanes = lanes_;
+#if defined(__AVX2__)
+    const FloatGridPackets packets(grid);
+    const __m256i lane_index = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+#endif
+    for (std::size_t q = 0; q < packets_.size(); ++q) {
+      const PacketRange range = packets_[q];
+      // Keys j < shared are seen by every lane (no padding lanes outside the first packet); the
+      // lanes l >= j + pad - column see key j >= shared.
+      const Index column = static_cast<Index>(q) * lanes, shared = std::max<Index>(0, column - pad_ + 1);
+      const float* const factor = inverse + column;
+      const auto add_one_by_one = [&](Index j, Index index, const float* s, const float* w) {
+        for (Index l = 0; l < lanes; ++l)
+          if (column + l - pad_ >= j) grid.add(index + l, s[l], w[l], factor[l]);
+      };
+      Index j = 0;
+#if defined(__AVX2__)
+      if (lanes == 8) {
+        const __m256 row_factor = _mm256_load_ps(factor);
+        for (; j < range.keys; ++j) {
+          const float* const s = scores + (j + pad_) * stride + column;
+          const float* const w = weights + (j + pad_) * stride + column;
+          const Index index = range.offset + j * lanes;
+          __m256 score = _mm256_load_ps(s), weight = _mm256_load_ps(w);
+          if (j >= shared) {  // the lanes that do not see key j add zeros, whatever they hold
+            const __m256 unseen = _mm256_castsi256_ps(
+                _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(j + pad_ - column)), lane_index));
+            score = _mm256_andnot_ps(unseen, score);
+            weight = _mm256_andnot_ps(unseen, weight);
+          }
+          if (!packets.add(grid, index, score, weight, row_factor)) add_one_by_one(j, index, s, w);
+        }
+      }
+#endif
+      for (; j < range.keys; ++j)
+        add_one_by_one(j, range.offset + j * lanes, scores + (j + pad_) * stride + column, weights + (j + pad_) * stride + column);
+    }
+  }
+
+  /// The storage index of visible entry (query i, key j).
+  Index entry_index(Index i, Index j) const {
+    if (lanes_ == 0) {
+      const RowRange& row = rows_[static_cast<std::size_t>(i)];
+      return row.offset + j - row.begin;
+    }
+    const Index q = (i + pad_) / lanes_;
+    return packets_[static_cast<std::size_t>(q)].offset + j * lanes_ + (i + pad_) % lanes_;
+  }
+
+  struct PacketRange {
+    Index offset, keys;  ///< a query packet's entries: `keys` packets of lanes_ from `offset` on
+  };
   struct RowRange {
     Index begin, end, offset;  ///< visible keys [begin, end) of a row, stored from `offset` on
   };
   static constexpr Index kRowAlign = 8;
   Index seq_len_;
   Mask mask_;
-  std::vector<RowRange> rows_;
+  Index lanes_ = 0, pad_ = 0;             ///< 0: row layout; else query packets of lanes_, pad_ padding lanes first
+  std::vector<RowRange> rows_;            ///< row layout
+  std::vector<PacketRange> packets_;      ///< query-packet layout
   std::vector<std::pair<Index, Index>> visible_;  ///< (query, key), row by row
   std::vector<detail::ExactSum> score_sum_, score_square_sum_, prob_sum_;
   template <class Scalar>
@@ -397,7 +538,13 @@ MonteCarloAccumulator monte_carlo_accumulate(const DecoderConfig& config, const 
   const std::int64_t total = options.samples;
   std::atomic<std::int64_t> next{0}, done{0};
   const SumGrid grid = std::is_same_v<Scalar, float> ? SumGrid::Float : SumGrid::Double;
-  std::vector<MonteCarloAccumulator> partial(static_cast<std::size_t>(threads), MonteCarloAccumulator(config, inputs, grid));
+  // Float runs in the frame under a lower-triangular mask take the transposed kernel (the same bits,
+  // faster; docs/performance.md); its entries come in query packets.
+  const bool use_frame_kernel =
+      use_triangular && std::is_same_v<Scalar, float> && detail::FrameKernel<Scalar>::applies(frame_config);
+  const Index lanes = use_frame_kernel ? detail::packet_size<Scalar>() : 0;
+  std::vector<MonteCarloAccumulator> partial(static_cast<std::size_t>(threads),
+                                             MonteCarloAccumulator(config, inputs, grid, lanes));
   std::vector<std::exception_ptr> errors(static_cast<std::size_t>(threads));
 
   auto work = [&](int worker) {
@@ -407,6 +554,26 @@ MonteCarloAccumulator monte_carlo_accumulate(const DecoderConfig& config, const 
       // Both kernels start from tokens in the direct kernel's padded row-major state.
       std::optional<TriangularFrame> frame;
       if (use_triangular) frame = generator.triangular_frame(drop_mean);
+      if (use_frame_kernel) {
+        detail::FrameKernel<Scalar> kernel(frame_config, inputs.seq_len, inputs.dim, *frame);
+        for (;;) {
+          const std::int64_t begin = next.fetch_add(kChunk);
+          if (begin >= total) break;
+          const std::int64_t end = std::min(begin + kChunk, total);
+          for (std::int64_t b = begin; b < end; ++b) {
+            generator.generate_triangular_into<Scalar>(options.first_sample + static_cast<std::uint64_t>(b),
+                                                       kernel.input_rows(), drop_mean);
+            kernel.load();
+            for (Index l = 0; l < config.layers; ++l) {
+              kernel.step(l + 1 < config.layers);  // the last layer's A Y is never looked at
+              sums.add_layer_packets(l, kernel.score_data(), kernel.weight_data(), kernel.stride(), kernel.inverse_data());
+            }
+          }
+          const std::int64_t finished = done.fetch_add(end - begin) + (end - begin);
+          if (worker == 0 && options.progress) options.progress(finished, total);
+        }
+        return;
+      }
       detail::DecoderKernel<Scalar> kernel(use_triangular ? frame_config : config, inputs.seq_len, inputs.dim, frame);
       std::optional<detail::TiledGramKernel<Scalar>> gram;
       if (use_gram) gram.emplace(config, inputs.seq_len, inputs.dim);
