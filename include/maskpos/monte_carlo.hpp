@@ -198,7 +198,7 @@ class MonteCarloAccumulator {
       const Index n = range.end - range.begin;
       const Scalar factor = row_scale != nullptr ? row_scale[i] : Scalar(1);  // p * 1 = p exactly
       if (score_sum.grid() == SumGrid::Double) {
-        add_row_double(score_row, prob_row, factor, n, range.offset, score_sum, square_sum, prob_sum);
+        add_row_double(score_row, prob_row, &factor, 0, n, range.offset, score_sum, square_sum, prob_sum);
       } else {
         for (Index k = 0; k < n; ++k) {
           const double s = static_cast<double>(score_row[k]);
@@ -225,22 +225,28 @@ class MonteCarloAccumulator {
     if (lanes_ <= 0) detail::throw_invalid("accumulator lanes", lanes_, "lanes >= 1 for add_layer_packets (use add_layer_rows)");
     const std::size_t l = static_cast<std::size_t>(layer);
     detail::ExactSum &score_sum = score_sum_[l], &square_sum = score_square_sum_[l], &prob_sum = prob_sum_[l];
-    bool done = false;
+    bool vectorised = false;
     if constexpr (std::is_same_v<Scalar, float>) {
       if (score_sum.grid() == SumGrid::Float) {
         add_packets_float(scores, weights, stride, inverse, score_sum, square_sum, prob_sum);
-        done = true;
+        vectorised = true;
       }
     }
-    if (!done) {
-      for (Index i = 0; i < seq_len_; ++i) {
-        const Index column = i + pad_;  // packet (i + pad) / lanes, lane (i + pad) mod lanes
-        for (Index j = 0; j <= i; ++j) {
-          const Index index = entry_index(i, j);
-          const double s = static_cast<double>(scores[(j + pad_) * stride + column]);
-          add_checked(score_sum, index, s);
-          add_checked(square_sum, index, s * s);
-          add_checked(prob_sum, index, static_cast<double>(Scalar(weights[(j + pad_) * stride + column] * inverse[column])));
+    for (std::size_t q = 0; q < packets_.size() && !vectorised; ++q) {
+      // Key j's packet: the lanes from max(0, j + pad - q lanes) on see it.
+      const Index column = static_cast<Index>(q) * lanes_;
+      for (Index j = 0; j < packets_[q].keys; ++j) {
+        const Index first_lane = std::max<Index>(0, j + pad_ - column), n = lanes_ - first_lane;
+        const Index at = (j + pad_) * stride + column + first_lane, index = packets_[q].offset + j * lanes_ + first_lane;
+        if (score_sum.grid() == SumGrid::Double) {
+          add_row_double(scores + at, weights + at, inverse + column + first_lane, 1, n, index, score_sum, square_sum, prob_sum);
+        } else {
+          for (Index l = 0; l < n; ++l) {
+            const double s = static_cast<double>(scores[at + l]);
+            add_checked(score_sum, index + l, s);
+            add_checked(square_sum, index + l, s * s);
+            add_checked(prob_sum, index + l, static_cast<double>(Scalar(weights[at + l] * inverse[column + first_lane + l])));
+          }
         }
       }
     }
@@ -309,8 +315,9 @@ class MonteCarloAccumulator {
   /// rounded with the 1.5 * 2^52 trick and added to the double blocks. A row with a value out of
   /// range (or NaN) takes a slow path that skips exactly those values.
   template <class Scalar>
-  static void add_row_double(const Scalar* score_row, const Scalar* prob_row, Scalar factor, Index n, Index offset,
-                             detail::ExactSum& score_sum, detail::ExactSum& square_sum, detail::ExactSum& prob_sum) {
+  static void add_row_double(const Scalar* score_row, const Scalar* prob_row, const Scalar* factor, Index factor_step,
+                             Index n, Index offset, detail::ExactSum& score_sum, detail::ExactSum& square_sum,
+                             detail::ExactSum& prob_sum) {
     constexpr double kRound = 6755399441055744.0;  // 1.5 * 2^52: (x + kRound) - kRound rounds x to an integer
     double* const s_out = score_sum.block() + offset;
     double* const q_out = square_sum.block() + offset;
@@ -319,14 +326,14 @@ class MonteCarloAccumulator {
     const double score_limit = score_sum.limit(), square_limit = square_sum.limit(), prob_limit = prob_sum.limit();
     int bad = 0;
     for (Index k = 0; k < n; ++k) {
-      const double s = static_cast<double>(score_row[k]), p = static_cast<double>(Scalar(prob_row[k] * factor));
+      const double s = static_cast<double>(score_row[k]), p = static_cast<double>(Scalar(prob_row[k] * factor[k * factor_step]));
       bad |= static_cast<int>(!(std::fabs(s * score_scale) <= score_limit)) |
              static_cast<int>(!(s * s * square_scale <= square_limit)) |
              static_cast<int>(!(std::fabs(p * prob_scale) <= prob_limit));
     }
     if (bad == 0) {
       for (Index k = 0; k < n; ++k) {
-        const double s = static_cast<double>(score_row[k]), p = static_cast<double>(Scalar(prob_row[k] * factor));
+        const double s = static_cast<double>(score_row[k]), p = static_cast<double>(Scalar(prob_row[k] * factor[k * factor_step]));
         s_out[k] += (s * score_scale + kRound) - kRound;
         q_out[k] += (s * s * square_scale + kRound) - kRound;
         p_out[k] += (p * prob_scale + kRound) - kRound;
@@ -337,7 +344,7 @@ class MonteCarloAccumulator {
       const double s = static_cast<double>(score_row[k]);
       add_checked(score_sum, offset + k, s);
       add_checked(square_sum, offset + k, s * s);
-      add_checked(prob_sum, offset + k, static_cast<double>(Scalar(prob_row[k] * factor)));
+      add_checked(prob_sum, offset + k, static_cast<double>(Scalar(prob_row[k] * factor[k * factor_step])));
     }
   }
 
@@ -539,7 +546,8 @@ MonteCarloAccumulator monte_carlo_accumulate(const DecoderConfig& config, const 
   std::atomic<std::int64_t> next{0}, done{0};
   const SumGrid grid = std::is_same_v<Scalar, float> ? SumGrid::Float : SumGrid::Double;
   // Float runs in the frame under a lower-triangular mask take the transposed kernel (the same bits,
-  // faster; docs/performance.md); its entries come in query packets.
+  // faster; docs/performance.md); its entries come in query packets. (Double runs keep DecoderKernel:
+  // with the double grid's sums in packets of 4 they were slower, 53 against 44 us per sample.)
   const bool use_frame_kernel =
       use_triangular && std::is_same_v<Scalar, float> && detail::FrameKernel<Scalar>::applies(frame_config);
   const Index lanes = use_frame_kernel ? detail::packet_size<Scalar>() : 0;

@@ -75,7 +75,7 @@ class FrameKernel {
     state_.setZero(features_, columns_);
     normalized_.setZero(features_, columns_);
     scores_.setZero(columns_, columns_);
-    weights_.setZero(columns_, columns_);
+    weights_.setZero(columns_ + P, columns_);  // P spare zero rows: softmax_packet's totals read whole groups
     inverse_.setZero(columns_);
     // depth_[q]: the support of packet q's last token, the feature rows any of its tokens can fill.
     depth_.resize(static_cast<std::size_t>(packets_));
@@ -273,11 +273,10 @@ class FrameKernel {
     // The totals over keys j = c - pad as P partial sums over j mod P, in increasing j.
     Packet partial[P];
     for (int m = 0; m < P; ++m) partial[m] = pset1<Packet>(Scalar(0));
-    const Index keys = end - first;
-    Index j0 = 0;
-    for (; keys - j0 >= P; j0 += P)
+    // Whole groups of P keys: the rows past `end` hold zeros (never written for packet q, and
+    // weights_ has P spare rows), which leave the partial sums as they are.
+    for (Index j0 = 0; first + j0 < end; j0 += P)
       for (int m = 0; m < P; ++m) partial[m] = padd(partial[m], pload<Packet>(at(weights_, first + j0 + m, q)));
-    for (int m = 0; j0 + m < keys; ++m) partial[m] = padd(partial[m], pload<Packet>(at(weights_, first + j0 + m, q)));
     const Packet total = tree_total(partial);
     // Padding queries see no key: their total is 0 and their inverse 0 (not infinity).
     pstore(inverse_.data() + q * P,
