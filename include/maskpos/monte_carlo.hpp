@@ -216,11 +216,12 @@ class MonteCarloAccumulator {
   /// Adds the visible entries of one layer of one sample given in query packets (the layout of
   /// detail::FrameKernel; \pre the accumulator was built with lanes = that kernel's packet size):
   /// with pad = (lanes - S mod lanes) mod lanes, query i is lane (i + pad) mod lanes of packet
-  /// q = (i + pad) / lanes; its score against key j is scores[(j + pad) stride + q lanes + lane], its
-  /// probability weights[...] (at the same place) times inverse[q lanes + lane], rounded to Scalar.
-  /// Lanes of keys a query does not see are ignored.
+  /// q = (i + pad) / lanes; packet q's block starts at block_offset(q) = lanes^2 q (q + 1) / 2 and holds
+  /// one packet of lanes per key column c = j + pad < (q + 1) lanes. Query i's score against key j is
+  /// scores[block_offset(q) + c lanes + lane], its probability weights[...] (at the same place) times
+  /// inverse[q lanes + lane], rounded to Scalar. Lanes of keys a query does not see are ignored.
   template <class Scalar>
-  void add_layer_packets(Index layer, const Scalar* scores, const Scalar* weights, Index stride, const Scalar* inverse) {
+  void add_layer_packets(Index layer, const Scalar* scores, const Scalar* weights, const Scalar* inverse) {
     // (Checked without building the message's strings unless it fails: this runs L times per sample.)
     if (lanes_ <= 0) detail::throw_invalid("accumulator lanes", lanes_, "lanes >= 1 for add_layer_packets (use add_layer_rows)");
     const std::size_t l = static_cast<std::size_t>(layer);
@@ -228,7 +229,7 @@ class MonteCarloAccumulator {
     bool vectorised = false;
     if constexpr (std::is_same_v<Scalar, float>) {
       if (score_sum.grid() == SumGrid::Float) {
-        add_packets_float(scores, weights, stride, inverse, score_sum, square_sum, prob_sum);
+        add_packets_float(scores, weights, inverse, score_sum, square_sum, prob_sum);
         vectorised = true;
       }
     }
@@ -237,15 +238,16 @@ class MonteCarloAccumulator {
       const Index column = static_cast<Index>(q) * lanes_;
       for (Index j = 0; j < packets_[q].keys; ++j) {
         const Index first_lane = std::max<Index>(0, j + pad_ - column), n = lanes_ - first_lane;
-        const Index at = (j + pad_) * stride + column + first_lane, index = packets_[q].offset + j * lanes_ + first_lane;
+        const Index at = block_offset(static_cast<Index>(q)) + (j + pad_) * lanes_ + first_lane;
+        const Index index = packets_[q].offset + j * lanes_ + first_lane;
         if (score_sum.grid() == SumGrid::Double) {
           add_row_double(scores + at, weights + at, inverse + column + first_lane, 1, n, index, score_sum, square_sum, prob_sum);
         } else {
-          for (Index l = 0; l < n; ++l) {
-            const double s = static_cast<double>(scores[at + l]);
-            add_checked(score_sum, index + l, s);
-            add_checked(square_sum, index + l, s * s);
-            add_checked(prob_sum, index + l, static_cast<double>(Scalar(weights[at + l] * inverse[column + first_lane + l])));
+          for (Index k = 0; k < n; ++k) {
+            const double s = static_cast<double>(scores[at + k]);
+            add_checked(score_sum, index + k, s);
+            add_checked(square_sum, index + k, s * s);
+            add_checked(prob_sum, index + k, static_cast<double>(Scalar(weights[at + k] * inverse[column + first_lane + k])));
           }
         }
       }
@@ -442,7 +444,7 @@ class MonteCarloAccumulator {
 
   /// Query-packet layout (FrameKernel), Float grid. The lanes a packet's queries do not see (of
   /// its own keys, and padding queries) are added as zeros.
-  void add_packets_float(const float* scores, const float* weights, Index stride, const float* inverse,
+  void add_packets_float(const float* scores, const float* weights, const float* inverse,
                          detail::ExactSum& score_sum, detail::ExactSum& square_sum, detail::ExactSum& prob_sum) const {
     const FloatGrid grid(score_sum, square_sum, prob_sum);
     const Index lanes = lanes_;
@@ -455,6 +457,7 @@ class MonteCarloAccumulator {
       // Keys j < shared are seen by every lane (no padding lanes outside the first packet); the
       // lanes l >= j + pad - column see key j >= shared.
       const Index column = static_cast<Index>(q) * lanes, shared = std::max<Index>(0, column - pad_ + 1);
+      const Index block = block_offset(static_cast<Index>(q));
       const float* const factor = inverse + column;
       const auto add_one_by_one = [&](Index j, Index index, const float* s, const float* w) {
         for (Index l = 0; l < lanes; ++l)
@@ -465,8 +468,8 @@ class MonteCarloAccumulator {
       if (lanes == 8) {
         const __m256 row_factor = _mm256_load_ps(factor);
         for (; j < range.keys; ++j) {
-          const float* const s = scores + (j + pad_) * stride + column;
-          const float* const w = weights + (j + pad_) * stride + column;
+          const float* const s = scores + block + (j + pad_) * lanes;
+          const float* const w = weights + block + (j + pad_) * lanes;
           const Index index = range.offset + j * lanes;
           __m256 score = _mm256_load_ps(s), weight = _mm256_load_ps(w);
           if (j >= shared) {  // the lanes that do not see key j add zeros, whatever they hold
@@ -480,9 +483,12 @@ class MonteCarloAccumulator {
       }
 #endif
       for (; j < range.keys; ++j)
-        add_one_by_one(j, range.offset + j * lanes, scores + (j + pad_) * stride + column, weights + (j + pad_) * stride + column);
+        add_one_by_one(j, range.offset + j * lanes, scores + block + (j + pad_) * lanes, weights + block + (j + pad_) * lanes);
     }
   }
+
+  /// Where query packet q's block starts in add_layer_packets' arrays.
+  Index block_offset(Index q) const { return lanes_ * lanes_ * q * (q + 1) / 2; }
 
   /// The storage index of visible entry (query i, key j).
   Index entry_index(Index i, Index j) const {
@@ -574,7 +580,7 @@ MonteCarloAccumulator monte_carlo_accumulate(const DecoderConfig& config, const 
             kernel.load();
             for (Index l = 0; l < config.layers; ++l) {
               kernel.step(l + 1 < config.layers);  // the last layer's A Y is never looked at
-              sums.add_layer_packets(l, kernel.score_data(), kernel.weight_data(), kernel.stride(), kernel.inverse_data());
+              sums.add_layer_packets(l, kernel.score_data(), kernel.weight_data(), kernel.inverse_data());
             }
           }
           const std::int64_t finished = done.fetch_add(end - begin) + (end - begin);

@@ -74,8 +74,9 @@ class FrameKernel {
     input_.setZero(columns_, features_);
     state_.setZero(features_, columns_);
     normalized_.setZero(features_, columns_);
-    scores_.setZero(columns_, columns_);
-    weights_.setZero(columns_ + P, columns_);  // P spare zero rows: softmax_packet's totals read whole groups
+    // Query packet q's block: its (q + 1) P key columns, one packet each (S^2 / 2 entries in all).
+    scores_.setZero(block_offset(packets_));
+    weights_.setZero(block_offset(packets_));
     inverse_.setZero(columns_);
     // depth_[q]: the support of packet q's last token, the feature rows any of its tokens can fill.
     depth_.resize(static_cast<std::size_t>(packets_));
@@ -141,13 +142,18 @@ class FrameKernel {
 
   // ---- the layout the Monte Carlo accumulator reads (MonteCarloAccumulator, query packets) ----
 
-  /// The scores of key column c (key c - pad()) against query packet q start at
-  /// score_data() + c stride() + q P (P lanes: queries q P - pad() ..); masked lanes hold garbage.
+  /// Where query packet q's block starts in score_data() and weight_data(): packet q (queries
+  /// q P - pad() .. q P + P - 1 - pad(), one per lane) sees the key columns c < (q + 1) P (key
+  /// c - pad()), stored one packet per key column from there on, blocks one after the other.
+  static constexpr Index block_offset(Index q) { return P * P * q * (q + 1) / 2; }
+  /// Query packet q's score against key column c (P lanes) at score_data() + block_offset(q) + c P;
+  /// lanes of queries that do not see the key hold garbage.
   const Scalar* score_data() const { return scores_.data(); }
-  /// The softmax weights exp(score - shift), laid out as the scores (0 on masked lanes).
+  /// The softmax weights exp(score - shift), laid out as the scores (0 on lanes that do not see the key).
   const Scalar* weight_data() const { return weights_.data(); }
   /// 1 / (the total of each query's weights), at lane q P + l for query q P + l - pad() (0 for padding).
   const Scalar* inverse_data() const { return inverse_.data(); }
+  /// Columns of the transposed state (S + pad(), a multiple of P).
   Index stride() const { return columns_; }
   Index pad() const { return pad_; }
 
@@ -156,6 +162,10 @@ class FrameKernel {
 
  private:
   Scalar* at(RowMatrix& m, Index row, Index packet) { return m.data() + row * columns_ + packet * P; }
+  /// Key column c of query packet q in scores_ or weights_.
+  static Scalar* entry(Eigen::Matrix<Scalar, Eigen::Dynamic, 1>& m, Index c, Index q) {
+    return m.data() + block_offset(q) + c * P;
+  }
   const Scalar* at(const RowMatrix& m, Index row, Index packet) const { return m.data() + row * columns_ + packet * P; }
 
   /// The pairwise tree of lane_totals: ((s0 + s4) + (s2 + s6)) + ((s1 + s5) + (s3 + s7)) for P = 8.
@@ -210,7 +220,7 @@ class FrameKernel {
     const bool rescale = scale_ != Scalar(1);
     const Packet scale = pset1<Packet>(scale_);
     for (int u = 0; u < Queries; ++u)
-      for (int t = 0; t < Keys; ++t) pstore(at(scores_, c0 + t, q + u), rescale ? pmul(acc[u][t], scale) : acc[u][t]);
+      for (int t = 0; t < Keys; ++t) pstore(entry(scores_, c0 + t, q + u), rescale ? pmul(acc[u][t], scale) : acc[u][t]);
   }
 
   /// Calls tile(width, at) over [begin, end) in tiles of Width, then one tile of the rest (width a
@@ -252,8 +262,8 @@ class FrameKernel {
     Packet shift = pset1<Packet>(shift_);
     if constexpr (!Fixed) {
       Packet row_max = lowest;
-      for (Index c = first; c < diagonal; ++c) row_max = pmax(row_max, pload<Packet>(at(scores_, c, q)));
-      for (Index c = diagonal; c < end; ++c) row_max = pmax(row_max, pselect(visible(c), pload<Packet>(at(scores_, c, q)), lowest));
+      for (Index c = first; c < diagonal; ++c) row_max = pmax(row_max, pload<Packet>(entry(scores_, c, q)));
+      for (Index c = diagonal; c < end; ++c) row_max = pmax(row_max, pselect(visible(c), pload<Packet>(entry(scores_, c, q)), lowest));
       shift = row_max;
     }
     // kExpGroup keys' exponentials interleaved (independent chains side by side), masked on the diagonal.
@@ -261,9 +271,9 @@ class FrameKernel {
     const auto exponentials = [&](Index c, auto group, auto masked) {
       constexpr int N = decltype(group)::value;
       Packet e[N];
-      for (int g = 0; g < N; ++g) e[g] = psub(pload<Packet>(at(scores_, c + g, q)), shift);
+      for (int g = 0; g < N; ++g) e[g] = psub(pload<Packet>(entry(scores_, c + g, q)), shift);
       exp_packets<Scalar, Fixed, N>(e);
-      for (int g = 0; g < N; ++g) pstore(at(weights_, c + g, q), decltype(masked)::value ? pand(visible(c + g), e[g]) : e[g]);
+      for (int g = 0; g < N; ++g) pstore(entry(weights_, c + g, q), decltype(masked)::value ? pand(visible(c + g), e[g]) : e[g]);
     };
     Index c = first;
     for (; diagonal - c >= G; c += G) exponentials(c, std::integral_constant<int, G>(), std::false_type());
@@ -273,10 +283,9 @@ class FrameKernel {
     // The totals over keys j = c - pad as P partial sums over j mod P, in increasing j.
     Packet partial[P];
     for (int m = 0; m < P; ++m) partial[m] = pset1<Packet>(Scalar(0));
-    // Whole groups of P keys: the rows past `end` hold zeros (never written for packet q, and
-    // weights_ has P spare rows), which leave the partial sums as they are.
     for (Index j0 = 0; first + j0 < end; j0 += P)
-      for (int m = 0; m < P; ++m) partial[m] = padd(partial[m], pload<Packet>(at(weights_, first + j0 + m, q)));
+      for (int m = 0; m < P; ++m)  // (m a constant after unrolling: the partial sums stay in registers)
+        if (first + j0 + m < end) partial[m] = padd(partial[m], pload<Packet>(entry(weights_, first + j0 + m, q)));
     const Packet total = tree_total(partial);
     // Padding queries see no key: their total is 0 and their inverse 0 (not infinity).
     pstore(inverse_.data() + q * P,
@@ -296,14 +305,14 @@ class FrameKernel {
     Index c = first_column_[static_cast<std::size_t>(k0)];
     for (; c < shared_end; ++c) {
       Packet weight[Queries];
-      for (int u = 0; u < Queries; ++u) weight[u] = pload<Packet>(at(weights_, c, q + u));
+      for (int u = 0; u < Queries; ++u) weight[u] = pload<Packet>(entry(weights_, c, q + u));
       for (int t = 0; t < Rows; ++t) {
         const Packet value = pset1<Packet>(values[t * columns_ + c]);
         for (int u = 0; u < Queries; ++u) acc[u][t] = pmadd(value, weight[u], acc[u][t]);
       }
     }
     for (; c < end; ++c) {
-      const Packet weight = pload<Packet>(at(weights_, c, q + Queries - 1));
+      const Packet weight = pload<Packet>(entry(weights_, c, q + Queries - 1));
       for (int t = 0; t < Rows; ++t) acc[Queries - 1][t] = pmadd(pset1<Packet>(values[t * columns_ + c]), weight, acc[Queries - 1][t]);
     }
     for (int u = 0; u < Queries; ++u) {
@@ -340,8 +349,8 @@ class FrameKernel {
   RowMatrix input_;       ///< (pad + S) x features: the tokens, row-major, padding rows zero
   RowMatrix state_;       ///< features x columns: X^T
   RowMatrix normalized_;  ///< features x columns: Y^T
-  RowMatrix scores_;      ///< columns x columns: row c = key column c's scores against the queries
-  RowMatrix weights_;     ///< as scores_: exp(score - shift), 0 on masked lanes
+  Eigen::Matrix<Scalar, Eigen::Dynamic, 1> scores_;   ///< per query packet q, from block_offset(q): key column c's scores at c P
+  Eigen::Matrix<Scalar, Eigen::Dynamic, 1> weights_;  ///< as scores_: exp(score - shift), 0 on masked lanes
   Eigen::Matrix<Scalar, Eigen::Dynamic, 1> inverse_;  ///< per query lane: 1 / total (0 for padding)
   std::vector<Index> depth_;         ///< per packet: the support of its last token
   std::vector<Index> column_depth_;  ///< per key column: the support of its token (0 for padding)
