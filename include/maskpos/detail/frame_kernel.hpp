@@ -26,11 +26,12 @@ namespace maskpos::detail {
 /// (P - S mod P) mod P puts the partial packet of tokens at the start, whose queries see the fewest
 /// keys. Each packet q of P tokens is then a packet of queries, and every per-token quantity is a
 /// lane-wise packet operation: the squared norms (summed over the feature rows), the row norm's
-/// factors, the softmax over keys (the scores Z^T are stored key by key: row c holds key c's scores
-/// against every query) and its totals, and the update X^T += Y^T A^T diag(1 / totals). No transposes
-/// and no horizontal sums, and the products follow the triangle packet by packet: query packet q
-/// needs the keys of packets 0..q, each to the support of that key packet, and the feature rows
-/// below the support of its own last token.
+/// factors, the softmax over keys (each query packet's scores are stored as one block, a packet per
+/// key column, see block_offset) and its totals, and the update X^T += Y^T W^T diag(1 / totals). No
+/// transposes and no horizontal sums, and the products follow the triangle packet by packet: query
+/// packet q needs the keys of packets 0..q, each to the support of its key, and the feature rows
+/// below the support of its own last token. Both products run in tiles of two query packets (12
+/// accumulators: enough independent multiply-add chains to cover their latency).
 ///
 /// Every entry is computed by the operations DecoderKernel uses, in the same order: dot products and
 /// updates as multiply-add chains over increasing feature and key indices (multiply-adds by exact
