@@ -426,18 +426,24 @@ class DecoderKernel {
       std::fill(factor, factor + (Rows > P ? Rows : P), Scalar(0));
     }
     const Scalar eps = static_cast<Scalar>(config_.norm_eps);
-    if constexpr (Rows == P && P > 1) {  // the factors of a packet of rows at once
+    // The factors of the block's rows at once, in one packet (a block of fewer rows fills its first
+    // lanes), so every row gets the same operations whichever block it falls in; the mean square
+    // plus eps is one explicit multiply-add (were it written a * b + c, the compiler could contract
+    // it in one place and not in another, and rows would round differently: FrameKernel must match).
+    static_assert(Rows <= P, "a block holds at most a packet of rows");
+    if constexpr (P > 1) {
+      for (int r = Rows; r < P; ++r) factor[r] = Scalar(1);  // unused lanes
       const Packet totals = pload<Packet>(factor);
       Packet divisor = pset1<Packet>(Scalar(1));
       if (config_.norm == Norm::L2) divisor = pmax(sqrt_packet(totals), pset1<Packet>(eps));
-      else if (scaled) divisor = sqrt_packet(padd(pmul(totals, pset1<Packet>(inv_dim)), pset1<Packet>(eps)));
+      else if (scaled) divisor = sqrt_packet(pmadd(totals, pset1<Packet>(inv_dim), pset1<Packet>(eps)));
       const Packet positive = pcmp_lt(pset1<Packet>(Scalar(0)), divisor);
       pstore(factor, pand(positive, pdiv(pset1<Packet>(Scalar(1)), divisor)));
     } else {
       for (int r = 0; r < Rows; ++r) {
         Scalar divisor = 1;
         if (config_.norm == Norm::L2) divisor = std::max(std::sqrt(factor[r]), eps);
-        else if (scaled) divisor = std::sqrt(factor[r] * inv_dim + eps);
+        else if (scaled) divisor = std::sqrt(pmadd(factor[r], inv_dim, eps));
         factor[r] = divisor > 0 ? Scalar(1) / divisor : Scalar(0);
       }
     }

@@ -454,9 +454,7 @@ class MonteCarloAccumulator {
 #endif
     for (std::size_t q = 0; q < packets_.size(); ++q) {
       const PacketRange range = packets_[q];
-      // Keys j < shared are seen by every lane (no padding lanes outside the first packet); the
-      // lanes l >= j + pad - column see key j >= shared.
-      const Index column = static_cast<Index>(q) * lanes, shared = std::max<Index>(0, column - pad_ + 1);
+      const Index column = static_cast<Index>(q) * lanes;
       const Index block = block_offset(static_cast<Index>(q));
       const float* const factor = inverse + column;
       const auto add_one_by_one = [&](Index j, Index index, const float* s, const float* w) {
@@ -466,6 +464,9 @@ class MonteCarloAccumulator {
       Index j = 0;
 #if defined(__AVX2__)
       if (lanes == 8) {
+        // Keys j < shared are seen by every lane (no padding lanes outside the first packet); the
+        // lanes l >= j + pad - column see key j >= shared.
+        const Index shared = std::max<Index>(0, column - pad_ + 1);
         const __m256 row_factor = _mm256_load_ps(factor);
         for (; j < range.keys; ++j) {
           const float* const s = scores + block + (j + pad_) * lanes;

@@ -194,7 +194,7 @@ class FrameKernel {
         const Packet totals = tree_total(square);
         const Packet divisor = config_.norm == Norm::L2
                                    ? pmax(sqrt_packet(totals), pset1<Packet>(eps))
-                                   : sqrt_packet(padd(pmul(totals, pset1<Packet>(inv_dim)), pset1<Packet>(eps)));
+                                   : sqrt_packet(pmadd(totals, pset1<Packet>(inv_dim), pset1<Packet>(eps)));
         factor = pand(pcmp_lt(pset1<Packet>(Scalar(0)), divisor), pdiv(pset1<Packet>(Scalar(1)), divisor));
       }
       for (Index k = 0; k < rows; ++k) pstore(at(normalized_, k, q), pmul(pload<Packet>(at(state_, k, q)), factor));
