@@ -134,7 +134,7 @@ class MonteCarloAccumulator {
     } else {
       // FrameKernel's layout: queries in packets of `lanes`, the partial one first (pad lanes of
       // padding); packet q holds one packet of entries per key it sees, keys 0 .. (q + 1) lanes - pad - 1.
-      pad_ = (lanes_ - seq_len_ % lanes_) % lanes_;
+      pad_ = detail::query_packet_pad(seq_len_, lanes_);
       for (Index q = 0; q * lanes_ < seq_len_ + pad_; ++q) {
         const Index keys = (q + 1) * lanes_ - pad_;
         packets_.push_back({offset, keys});
@@ -216,10 +216,11 @@ class MonteCarloAccumulator {
   /// Adds the visible entries of one layer of one sample given in query packets (the layout of
   /// detail::FrameKernel; \pre the accumulator was built with lanes = that kernel's packet size):
   /// with pad = (lanes - S mod lanes) mod lanes, query i is lane (i + pad) mod lanes of packet
-  /// q = (i + pad) / lanes; packet q's block starts at block_offset(q) = lanes^2 q (q + 1) / 2 and holds
-  /// one packet of lanes per key column c = j + pad < (q + 1) lanes. Query i's score against key j is
-  /// scores[block_offset(q) + c lanes + lane], its probability weights[...] (at the same place) times
-  /// inverse[q lanes + lane], rounded to Scalar. Lanes of keys a query does not see are ignored.
+  /// q = (i + pad) / lanes; packet q's block starts at detail::query_packet_block(q, lanes) =
+  /// lanes^2 q (q + 1) / 2 and holds one packet of lanes per key column c = j + pad < (q + 1) lanes.
+  /// Query i's score against key j is scores[query_packet_block(q, lanes) + c lanes + lane], its
+  /// probability weights[...] (at the same place) times inverse[q lanes + lane], rounded to Scalar.
+  /// Lanes of keys a query does not see are ignored.
   template <class Scalar>
   void add_layer_packets(Index layer, const Scalar* scores, const Scalar* weights, const Scalar* inverse) {
     // (Checked without building the message's strings unless it fails: this runs L times per sample.)
@@ -238,7 +239,7 @@ class MonteCarloAccumulator {
       const Index column = static_cast<Index>(q) * lanes_;
       for (Index j = 0; j < packets_[q].keys; ++j) {
         const Index first_lane = std::max<Index>(0, j + pad_ - column), n = lanes_ - first_lane;
-        const Index at = block_offset(static_cast<Index>(q)) + (j + pad_) * lanes_ + first_lane;
+        const Index at = detail::query_packet_block(static_cast<Index>(q), lanes_) + (j + pad_) * lanes_ + first_lane;
         const Index index = packets_[q].offset + j * lanes_ + first_lane;
         if (score_sum.grid() == SumGrid::Double) {
           add_row_double(scores + at, weights + at, inverse + column + first_lane, 1, n, index, score_sum, square_sum, prob_sum);
@@ -455,7 +456,7 @@ class MonteCarloAccumulator {
     for (std::size_t q = 0; q < packets_.size(); ++q) {
       const PacketRange range = packets_[q];
       const Index column = static_cast<Index>(q) * lanes;
-      const Index block = block_offset(static_cast<Index>(q));
+      const Index block = detail::query_packet_block(static_cast<Index>(q), lanes);
       const float* const factor = inverse + column;
       const auto add_one_by_one = [&](Index j, Index index, const float* s, const float* w) {
         for (Index l = 0; l < lanes; ++l)
@@ -487,9 +488,6 @@ class MonteCarloAccumulator {
         add_one_by_one(j, range.offset + j * lanes, scores + block + (j + pad_) * lanes, weights + block + (j + pad_) * lanes);
     }
   }
-
-  /// Where query packet q's block starts in add_layer_packets' arrays.
-  Index block_offset(Index q) const { return lanes_ * lanes_ * q * (q + 1) / 2; }
 
   /// The storage index of visible entry (query i, key j).
   Index entry_index(Index i, Index j) const {

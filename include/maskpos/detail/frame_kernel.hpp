@@ -18,6 +18,12 @@
 
 namespace maskpos::detail {
 
+/// The query-packet layout FrameKernel writes and MonteCarloAccumulator::add_layer_packets reads:
+/// queries in packets of `lanes`, the partial packet first, after this many padding lanes.
+constexpr Index query_packet_pad(Index seq_len, Index lanes) { return (lanes - seq_len % lanes) % lanes; }
+/// Where query packet q's block (its (q + 1) lanes key columns, a packet of `lanes` each) starts.
+constexpr Index query_packet_block(Index q, Index lanes) { return lanes * lanes * q * (q + 1) / 2; }
+
 /// One layer of the decoder for tokens written in their sequence's triangular frame (see
 /// InputGenerator::generate_triangular_into) when every query i sees exactly the keys 0..i: the
 /// same numbers as DecoderKernel with that frame, bit for bit, from a transposed layout.
@@ -66,8 +72,8 @@ class FrameKernel {
     require(config_.mask.is_lower_triangular(), "mask", config_.mask.name(),
             "lower-triangular (causal) for the transposed frame kernel");
     require(frame_.width >= 1, "frame width", frame_.width, "width >= 1");
-    columns_ = round_up(seq_len, P);
-    pad_ = columns_ - seq_len;
+    pad_ = query_packet_pad(seq_len, P);
+    columns_ = seq_len + pad_;
     packets_ = columns_ / P;
     features_ = round_up(frame_.width, P);
     shift_ = static_cast<Scalar>(softmax_shift(config_.norm == Norm::L2, config_.norm == Norm::RMSNorm,
@@ -146,7 +152,7 @@ class FrameKernel {
   /// Where query packet q's block starts in score_data() and weight_data(): packet q (queries
   /// q P - pad() .. q P + P - 1 - pad(), one per lane) sees the key columns c < (q + 1) P (key
   /// c - pad()), stored one packet per key column from there on, blocks one after the other.
-  static constexpr Index block_offset(Index q) { return P * P * q * (q + 1) / 2; }
+  static constexpr Index block_offset(Index q) { return query_packet_block(q, P); }
   /// Query packet q's score against key column c (P lanes) at score_data() + block_offset(q) + c P;
   /// lanes of queries that do not see the key hold garbage.
   const Scalar* score_data() const { return scores_.data(); }
